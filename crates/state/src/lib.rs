@@ -1,0 +1,139 @@
+//! Upload session state and the object index.
+//!
+//! [`SessionStore`] keeps, per upload session, the committed offset and
+//! what the replay and completion rules need; and, per object name, which
+//! published blob holds it. Its one write, [`SessionStore::advance`], is a
+//! compare-and-swap: that is what serializes racing writers — across tasks
+//! of one node and, with a shared database, across nodes.
+//!
+//! Every implementation runs the shared [`conformance`] suite.
+
+use serde::{Deserialize, Serialize};
+
+pub mod conformance;
+pub mod embedded;
+
+pub use embedded::EmbeddedStore;
+
+/// One upload session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub ctx: String,
+    pub bucket: String,
+    pub object: String,
+    /// Kept from the first chunk; empty when it had none.
+    pub content_type: String,
+    /// Committed offset: bytes `[0, offset)` are durable.
+    pub offset: u64,
+    /// Length of the last acknowledged chunk, `[offset - len, offset)`, for
+    /// the exact-replay rule. `None` before the first chunk.
+    pub last_chunk_len: Option<u64>,
+    /// The latest whole-object MD5 claim (hex), checked at completion.
+    pub md5_claim: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of the last commit; idle sessions are collected by it.
+    pub updated_at: i64,
+    pub completed_at: Option<i64>,
+}
+
+/// A published object: which blob holds `bucket/object`, and its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    pub bucket: String,
+    pub object: String,
+    /// The blob (the completing session's context).
+    pub blob: String,
+    pub size: u64,
+    pub content_type: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Hex MD5; `None` until computed (off the upload's hot path).
+    pub md5: Option<String>,
+}
+
+/// Where an [`Advance`] starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Create the session; fails with [`StateError::Exists`] if the context is taken.
+    New { bucket: String, object: String, content_type: String },
+    /// The committed offset the caller saw; the swap fails if it moved.
+    At(u64),
+}
+
+/// One commit of one chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advance {
+    pub start: Start,
+    /// Length of the chunk: the new offset is the old one plus this.
+    pub chunk_len: u64,
+    /// A new whole-object MD5 claim (hex), if the chunk carried one.
+    pub md5_claim: Option<String>,
+    /// Finish the session and point its object name at its blob.
+    pub complete: Option<Completion>,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// What a completing [`Advance`] records about the object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// Hex MD5 when already known (a client claim was checked).
+    pub md5: Option<String>,
+}
+
+/// The result of a successful [`SessionStore::advance`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advanced {
+    pub session: Session,
+    /// On completion: the record this one replaced, whose blob is now garbage.
+    pub replaced: Option<ObjectRecord>,
+}
+
+/// What can go wrong in a session store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("unknown session")]
+    NotFound,
+    #[error("session already exists")]
+    Exists,
+    #[error("offset moved: committed offset is {committed}")]
+    Conflict { committed: u64 },
+    #[error("session is already complete")]
+    Completed,
+    #[error("state backend failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The session-state contract. Every method is atomic; [`advance`] is the
+/// only way an offset moves.
+///
+/// [`advance`]: SessionStore::advance
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Reads one session.
+    async fn get(&self, ctx: &str) -> Result<Option<Session>, StateError>;
+
+    /// Compare-and-swap of the committed offset, durable when it returns.
+    ///
+    /// With [`Start::At`]`(expected)`: fails with `NotFound`, `Completed`, or
+    /// `Conflict { committed }` when `expected` is stale; otherwise moves the
+    /// offset by `chunk_len`, records the chunk for replay, the claim if any,
+    /// and — with `complete` — finishes the session and upserts its object
+    /// record in the same transaction (returning the replaced record).
+    async fn advance(&self, ctx: &str, change: Advance) -> Result<Advanced, StateError>;
+
+    /// The record of a published object.
+    async fn get_object(&self, bucket: &str, object: &str) -> Result<Option<ObjectRecord>, StateError>;
+
+    /// Sets the MD5 of `bucket/object` if it is still held by `blob`;
+    /// returns whether it did.
+    async fn set_object_md5(&self, bucket: &str, object: &str, blob: &str, md5: &str)
+    -> Result<bool, StateError>;
+
+    /// Sessions (open or complete) whose last commit is before `before`.
+    async fn idle_sessions(&self, before: i64, limit: usize) -> Result<Vec<Session>, StateError>;
+
+    /// Forgets a session (never its object record); a missing one is `Ok`.
+    async fn delete_session(&self, ctx: &str) -> Result<(), StateError>;
+}

@@ -1,0 +1,87 @@
+//! Where upload bytes live.
+//!
+//! [`BlobStore`] is the narrow contract between the upload rules (`core`)
+//! and a storage backend. A *blob* is the byte sequence of one upload
+//! session, named by a [`BlobId`] (the session's context, never the object
+//! name). It is *staged* while the session is open and *published* once it
+//! completes; which object name points at which published blob is the
+//! session store's business, not storage's.
+//!
+//! Every implementation runs the shared [`conformance`] suite.
+
+use std::io;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub mod conformance;
+pub mod fs;
+
+pub use fs::FsStore;
+
+/// A stream of body bytes. An `Err` item means the *source* failed (client
+/// gone, body too large, ...): the store reports it as [`StorageError::Body`].
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// The name of a blob: URL-safe characters only, so that it is a safe file
+/// name and object key in every backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobId(String);
+
+impl BlobId {
+    /// Accepts 1..=128 chars of `[A-Za-z0-9_-]`.
+    pub fn new(s: &str) -> Option<Self> {
+        let ok = (1..=128).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        ok.then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No staged (for writes) or staged-or-published (for reads) blob.
+    #[error("blob not found")]
+    NotFound,
+    /// The body stream failed; nothing at or past the write's offset is valid.
+    #[error("request body failed: {0}")]
+    Body(#[source] io::Error),
+    /// The backend failed (disk full, I/O error, unreachable service, ...).
+    #[error("storage failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The storage contract. All methods may be called concurrently for
+/// different blobs; callers serialize writes to one blob.
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Writes all of `body` at `offset` of the staged blob `id` and returns
+    /// the number of bytes written. **Durable when it returns `Ok`.**
+    ///
+    /// A write at offset 0 creates the blob if it does not exist; a write at
+    /// a larger offset of a missing blob is [`StorageError::NotFound`]. On
+    /// error, bytes before `offset` are untouched and bytes from `offset` on
+    /// are unspecified: the next write at the same offset overwrites them.
+    async fn write_at(&self, id: &BlobId, offset: u64, body: ByteStream)
+    -> Result<u64, StorageError>;
+
+    /// Streams `len` bytes from `offset` of a staged or published blob. The
+    /// stream ends early (fewer bytes) when the blob is shorter.
+    async fn read_at(&self, id: &BlobId, offset: u64, len: u64) -> Result<ByteStream, StorageError>;
+
+    /// Makes the first `size` bytes of the staged blob its final content
+    /// (bytes past `size` are dropped) and moves it out of staging,
+    /// durably. Idempotent: publishing a published blob is `Ok`.
+    async fn publish(&self, id: &BlobId, size: u64) -> Result<(), StorageError>;
+
+    /// Removes a staged or published blob; a missing one is `Ok`.
+    async fn delete(&self, id: &BlobId) -> Result<(), StorageError>;
+
+    /// The staged (unpublished) blobs, for recovery and collection.
+    async fn list_staged(&self) -> Result<Vec<BlobId>, StorageError>;
+}
