@@ -40,6 +40,8 @@ pub enum TokenError {
     BucketMismatch,
     #[error("token is for another object")]
     ObjectMismatch,
+    #[error("token CallbackUrl must be an http or https URL")]
+    CallbackUrl,
 }
 
 /// The JSON put policy inside a token. Unknown fields are ignored.
@@ -149,6 +151,12 @@ impl<'a> Token<'a> {
         let json = decode_b64(self.encoded_policy).map_err(|_| TokenError::PolicyBase64)?;
         let policy: PutPolicy =
             serde_json::from_slice(&json).map_err(|e| TokenError::PolicyJson(e.to_string()))?;
+        if let Some(url) = &policy.callback_url {
+            let lower = url.to_ascii_lowercase();
+            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                return Err(TokenError::CallbackUrl);
+            }
+        }
         match policy.expires {
             Some(exp) if now >= exp => Err(TokenError::Expired),
             None if require_expires => Err(TokenError::NoExpires),
@@ -232,6 +240,15 @@ mod tests {
             .sign(AK, SK.as_bytes());
         assert_eq!(check(&no_exp), Err(NoExpires));
         assert!(Token::parse(&no_exp).unwrap().verify(keys, now, false).is_ok());
+        let bad_cb = PutPolicy {
+            bucket: "doc".into(),
+            object: "a".into(),
+            expires: Some(now + 60),
+            callback_url: Some("file:///etc/passwd".into()),
+            ..Default::default()
+        }
+        .sign(AK, SK.as_bytes());
+        assert_eq!(check(&bad_cb), Err(CallbackUrl));
     }
 
     #[test]

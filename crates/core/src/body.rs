@@ -1,0 +1,166 @@
+//! The chunk body on its way to storage: a byte limit, preemption, and an
+//! MD5 tap that is only installed when a client sent `Content-MD5`.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use md5::{Digest, Md5};
+use tokio_util::sync::CancellationToken;
+use upline_storage::ByteStream;
+
+/// Why the guarded body stopped; carried inside an `io::Error` through the
+/// store and recovered with [`BodyStop::of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyStop {
+    #[error("body passes the {0}-byte limit")]
+    TooLarge(u64),
+    #[error("superseded")]
+    Superseded,
+}
+
+impl BodyStop {
+    /// The stop inside an error produced by [`guard`], if it is one.
+    pub fn of(e: &io::Error) -> Option<BodyStop> {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<BodyStop>()).copied()
+    }
+}
+
+/// A running MD5 of the bytes that went through a guarded body.
+#[derive(Clone, Default)]
+pub struct Md5Tap(Arc<Mutex<Md5>>);
+
+impl Md5Tap {
+    pub fn digest(&self) -> [u8; 16] {
+        self.0.lock().expect("md5 tap poisoned").clone().finalize().into()
+    }
+}
+
+/// Wraps `body`: refuses more than `limit` bytes, stops when `cancel`
+/// fires, and feeds `tap` when there is one.
+pub fn guard(body: ByteStream, limit: u64, cancel: CancellationToken, tap: Option<Md5Tap>) -> ByteStream {
+    let state = (body, 0u64);
+    Box::pin(futures_util::stream::unfold(Some(state), move |state| {
+        let cancel = cancel.clone();
+        let tap = tap.clone();
+        async move {
+            let (mut body, seen) = state?;
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Some((Err(stop(BodyStop::Superseded)), None)),
+                next = body.next() => next,
+            };
+            match next {
+                None => None,
+                Some(Err(e)) => Some((Err(e), None)),
+                Some(Ok(bytes)) => {
+                    let seen = seen + bytes.len() as u64;
+                    if seen > limit {
+                        return Some((Err(stop(BodyStop::TooLarge(limit))), None));
+                    }
+                    if let Some(tap) = &tap {
+                        tap.0.lock().expect("md5 tap poisoned").update(&bytes);
+                    }
+                    Some((Ok::<Bytes, io::Error>(bytes), Some((body, seen))))
+                }
+            }
+        }
+    }))
+}
+
+fn stop(s: BodyStop) -> io::Error {
+    io::Error::other(s)
+}
+
+/// Whether `incoming` is byte-for-byte `stored` (both read to their end).
+/// An error of `incoming` is returned as such; `stored` errors are wrapped
+/// as `Ok(Err(..))` so the caller can tell a client failure from a storage one.
+pub async fn same_bytes(mut incoming: ByteStream, mut stored: ByteStream) -> io::Result<Result<bool, io::Error>> {
+    let mut pending = Bytes::new();
+    let mut equal = true;
+    while let Some(frame) = incoming.next().await {
+        let mut frame = frame?;
+        while !frame.is_empty() {
+            if pending.is_empty() {
+                match stored.next().await {
+                    Some(Ok(b)) => pending = b,
+                    Some(Err(e)) => return Ok(Err(e)),
+                    None => {
+                        equal = false;
+                        break;
+                    }
+                }
+                continue;
+            }
+            let n = frame.len().min(pending.len());
+            if frame.split_to(n) != pending.split_to(n) {
+                equal = false;
+            }
+        }
+    }
+    // The stored range must be exhausted too.
+    if pending.is_empty() {
+        match stored.next().await {
+            Some(Ok(b)) if !b.is_empty() => equal = false,
+            Some(Err(e)) => return Ok(Err(e)),
+            _ => {}
+        }
+    } else {
+        equal = false;
+    }
+    Ok(Ok(equal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use upline_storage::conformance::{body, broken_body};
+
+    async fn drain(mut s: ByteStream) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(b) = s.next().await {
+            out.extend_from_slice(&b?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn limit_and_tap() {
+        let tap = Md5Tap::default();
+        let got = drain(guard(body(vec![b"ab".to_vec(), b"c".to_vec()]), 3, CancellationToken::new(), Some(tap.clone())))
+            .await
+            .unwrap();
+        assert_eq!(got, b"abc");
+        assert_eq!(hex::encode(tap.digest()), "900150983cd24fb0d6963f7d28e17f72");
+        let err = drain(guard(body(vec![b"ab".to_vec(), b"cd".to_vec()]), 3, CancellationToken::new(), None))
+            .await
+            .unwrap_err();
+        assert_eq!(BodyStop::of(&err), Some(BodyStop::TooLarge(3)));
+    }
+
+    #[tokio::test]
+    async fn cancellation_stops_the_body() {
+        let c = CancellationToken::new();
+        c.cancel();
+        let err = drain(guard(body(vec![b"ab".to_vec()]), 3, c, None)).await.unwrap_err();
+        assert_eq!(BodyStop::of(&err), Some(BodyStop::Superseded));
+    }
+
+    #[tokio::test]
+    async fn comparing_across_frame_boundaries() {
+        let cmp = |a: Vec<&[u8]>, b: Vec<&[u8]>| {
+            same_bytes(
+                body(a.into_iter().map(<[u8]>::to_vec).collect()),
+                body(b.into_iter().map(<[u8]>::to_vec).collect()),
+            )
+        };
+        assert!(cmp(vec![b"ab", b"cde"], vec![b"a", b"bcd", b"e"]).await.unwrap().unwrap());
+        assert!(cmp(vec![], vec![]).await.unwrap().unwrap());
+        assert!(!cmp(vec![b"abc"], vec![b"abd"]).await.unwrap().unwrap());
+        assert!(!cmp(vec![b"abc"], vec![b"ab"]).await.unwrap().unwrap());
+        assert!(!cmp(vec![b"ab"], vec![b"abc"]).await.unwrap().unwrap());
+        let broken = same_bytes(broken_body(vec![b"ab".to_vec()]), body(vec![b"ab".to_vec()])).await;
+        assert!(broken.is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! The one error type of the upload rules, and its protocol status.
+
+use upline_proto::{NameError, PathError, QueryError, TokenError};
+
+/// One variant per rule of the protocol that can refuse a request.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0}")]
+    BadParam(String),
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error("chunk larger than {limit} bytes")]
+    ChunkTooLarge { limit: u64 },
+    #[error("unknown context")]
+    UnknownCtx,
+    #[error("context belongs to another bucket or object")]
+    CtxMismatch,
+    #[error("offset mismatch: committed offset is {committed}")]
+    OffsetMismatch { committed: u64 },
+    #[error("upload already complete at offset {offset}")]
+    AlreadyComplete { offset: u64 },
+    #[error("Content-MD5 mismatch: {0}")]
+    Md5Mismatch(&'static str),
+    #[error("{0}")]
+    PolicyLimit(String),
+    #[error("request body incomplete: {0}")]
+    BodyIncomplete(String),
+    #[error("superseded by a newer request for the same session")]
+    Superseded,
+    #[error("object stored, but its callback failed: {0}")]
+    CallbackFailed(String),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl CoreError {
+    /// The protocol's status code for this error. Exhaustive on purpose: a
+    /// new variant does not compile until someone picks its status.
+    pub fn status(&self) -> u16 {
+        match self {
+            CoreError::BadParam(_)
+            | CoreError::ChunkTooLarge { .. }
+            | CoreError::CtxMismatch
+            | CoreError::OffsetMismatch { .. }
+            | CoreError::AlreadyComplete { .. }
+            | CoreError::Md5Mismatch(_)
+            | CoreError::PolicyLimit(_)
+            | CoreError::BodyIncomplete(_)
+            | CoreError::Superseded => 400,
+            CoreError::Token(_) => 403,
+            CoreError::UnknownCtx => 404,
+            CoreError::Internal(_) => 500,
+            CoreError::CallbackFailed(_) => 520,
+        }
+    }
+
+    pub(crate) fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        CoreError::Internal(e.into())
+    }
+}
+
+impl From<QueryError> for CoreError {
+    fn from(e: QueryError) -> Self {
+        CoreError::BadParam(e.to_string())
+    }
+}
+
+impl From<PathError> for CoreError {
+    fn from(e: PathError) -> Self {
+        CoreError::BadParam(e.to_string())
+    }
+}
+
+impl From<NameError> for CoreError {
+    fn from(e: NameError) -> Self {
+        CoreError::BadParam(e.to_string())
+    }
+}
+
+impl From<upline_state::StateError> for CoreError {
+    fn from(e: upline_state::StateError) -> Self {
+        use upline_state::StateError as S;
+        match e {
+            S::NotFound => CoreError::UnknownCtx,
+            S::Conflict { committed } => CoreError::OffsetMismatch { committed },
+            S::Exists | S::Completed | S::Backend(_) => CoreError::internal(e),
+        }
+    }
+}
+
+impl From<upline_storage::StorageError> for CoreError {
+    fn from(e: upline_storage::StorageError) -> Self {
+        CoreError::internal(e)
+    }
+}

@@ -1,0 +1,323 @@
+//! Rules 3–9 of the chunk upload, and the resume-point query.
+
+use base64::Engine;
+use futures_util::StreamExt;
+use md5::{Digest, Md5};
+use tokio_util::sync::CancellationToken;
+use upline_proto::callback::{self, CallbackVars};
+use upline_proto::{ContentMd5, ObjectPath, PutPolicy, ResumeParams, UploadCtx};
+use upline_state::{Advance, Completion, Session, Start};
+use upline_storage::{BlobId, BlobStore, ByteStream, StorageError};
+
+use crate::body::{self, BodyStop, Md5Tap};
+use crate::{ChunkReply, ChunkRequest, CoreError, InFlight, Node};
+
+/// A chunk written to storage, not yet committed.
+struct Stored {
+    len: u64,
+    /// The chunk's MD5, computed only when the client sent a `Content-MD5`.
+    digest: Option<[u8; 16]>,
+}
+
+impl Node {
+    /// Handles one chunk upload. The body is not polled until every check
+    /// that needs no body has passed, so a refused request never reads it
+    /// (and never gets a `100 Continue`).
+    pub async fn upload_chunk(&self, req: ChunkRequest, body: ByteStream) -> Result<ChunkReply, CoreError> {
+        let _load = InFlight::enter(&self.in_flight);
+        let policy = self.authorize(req.token.as_deref(), &req.path, req.now)?;
+        let limit = self.cfg.max_chunk;
+        if req.content_length.is_some_and(|cl| cl > limit) {
+            return Err(CoreError::ChunkTooLarge { limit });
+        }
+        let claim = match req.content_md5.as_deref() {
+            Some(raw) => Some(ContentMd5::parse(raw).ok_or_else(|| {
+                CoreError::BadParam("Content-MD5 must be 32 hex digits or base64 of 16 bytes".into())
+            })?),
+            None => None,
+        };
+        if let (Some(max), Some(cl)) = (policy.object_size_max, req.content_length)
+            && req.params.offset.saturating_add(cl) > max
+        {
+            return Err(CoreError::PolicyLimit(format!("object would pass ObjectSizeMax ({max} bytes)")));
+        }
+        match req.params.context.clone() {
+            None => self.first_chunk(req, policy, claim, body).await,
+            Some(ctx) => self.next_chunk(&ctx, req, policy, claim, body).await,
+        }
+    }
+
+    async fn first_chunk(
+        &self,
+        req: ChunkRequest,
+        policy: PutPolicy,
+        claim: Option<ContentMd5>,
+        body: ByteStream,
+    ) -> Result<ChunkReply, CoreError> {
+        if req.params.offset != 0 {
+            return Err(CoreError::BadParam("a new session (no context) starts at offset 0".into()));
+        }
+        let content_type = req
+            .content_type
+            .clone()
+            .filter(|c| !c.trim().is_empty())
+            .unwrap_or_else(|| "application/octet-stream".into());
+        if !policy.allows_mime(&content_type) {
+            return Err(CoreError::PolicyLimit(format!("content type {content_type} is not allowed by MimeLimit")));
+        }
+        let ctx = UploadCtx::from_random(rand::random());
+        let guard = self.locks.acquire(ctx.as_str(), false).await;
+        let stored = self.store(ctx.as_str(), 0, &req, guard.cancel.clone(), claim, body).await?;
+        let start = Start::New {
+            bucket: req.path.bucket.to_string(),
+            object: req.path.object.to_string(),
+            content_type,
+        };
+        self.commit(ctx.as_str(), start, 0, None, stored, &req, &policy, claim).await
+    }
+
+    async fn next_chunk(
+        &self,
+        ctx: &str,
+        req: ChunkRequest,
+        policy: PutPolicy,
+        claim: Option<ContentMd5>,
+        body: ByteStream,
+    ) -> Result<ChunkReply, CoreError> {
+        UploadCtx::parse(ctx).map_err(|_| CoreError::UnknownCtx)?;
+        let seen = self.live_session(ctx, &req.path, req.now).await?;
+        // Only a request that can win may preempt the current writer.
+        let preempt = seen.completed_at.is_none() && seen.offset == req.params.offset;
+        let guard = self.locks.acquire(ctx, preempt).await;
+        let session = self.live_session(ctx, &req.path, req.now).await?;
+        let offset = req.params.offset;
+        if session.completed_at.is_none() && offset == session.offset {
+            let stored = self.store(ctx, offset, &req, guard.cancel.clone(), claim, body).await?;
+            let prior_claim = session.md5_claim.clone();
+            return self.commit(ctx, Start::At(offset), offset, prior_claim, stored, &req, &policy, claim).await;
+        }
+        let replayable = session.last_chunk_len.is_some_and(|len| {
+            offset.checked_add(len) == Some(session.offset)
+                && req.content_length.is_none_or(|cl| cl == len)
+                && req.params.complete == session.completed_at.is_some()
+        });
+        let refusal = match session.completed_at {
+            Some(_) => CoreError::AlreadyComplete { offset: session.offset },
+            None => CoreError::OffsetMismatch { committed: session.offset },
+        };
+        if !replayable {
+            return Err(refusal);
+        }
+        let len = session.last_chunk_len.unwrap_or(0);
+        let stored = match self.blobs.read_at(&blob_id(ctx)?, offset, len).await {
+            Ok(s) => s,
+            Err(StorageError::NotFound) => return Err(refusal),
+            Err(e) => return Err(CoreError::internal(e)),
+        };
+        let incoming = body::guard(body, self.cfg.max_chunk, guard.cancel.clone(), None);
+        match body::same_bytes(incoming, stored).await {
+            Err(e) => Err(body_error(e)),
+            Ok(Err(e)) => Err(CoreError::internal(e)),
+            Ok(Ok(false)) => Err(refusal),
+            Ok(Ok(true)) if session.completed_at.is_some() => {
+                // The final chunk again: make sure it is published (a crash
+                // may have come between commit and publication), then run
+                // the callback again — this is how a 520 is retried.
+                let id = blob_id(ctx)?;
+                self.blobs.publish(&id, session.offset).await.map_err(CoreError::internal)?;
+                let record = self.state.get_object(&session.bucket, &session.object).await?;
+                let md5 = record.filter(|r| r.blob == ctx).and_then(|r| r.md5);
+                self.finish(&session, &policy, md5).await
+            }
+            Ok(Ok(true)) => Ok(ChunkReply { offset: session.offset, context: ctx.to_owned(), callback_ret_msg: String::new() }),
+        }
+    }
+
+    /// A session that exists, is not expired, and belongs to this path.
+    async fn live_session(&self, ctx: &str, path: &ObjectPath, now: i64) -> Result<Session, CoreError> {
+        let session = self.state.get(ctx).await?.ok_or(CoreError::UnknownCtx)?;
+        if self.expired(&session, now) {
+            return Err(CoreError::UnknownCtx);
+        }
+        if session.bucket != path.bucket.as_str() || session.object != path.object.as_str() {
+            return Err(CoreError::CtxMismatch);
+        }
+        Ok(session)
+    }
+
+    pub(crate) fn expired(&self, session: &Session, now: i64) -> bool {
+        now.saturating_sub(session.updated_at) > self.cfg.session_ttl
+    }
+
+    /// Streams the body into the session's blob; durable on return.
+    async fn store(
+        &self,
+        ctx: &str,
+        offset: u64,
+        req: &ChunkRequest,
+        cancel: CancellationToken,
+        claim: Option<ContentMd5>,
+        body: ByteStream,
+    ) -> Result<Stored, CoreError> {
+        let tap = claim.map(|_| Md5Tap::default());
+        let guarded = body::guard(body, self.cfg.max_chunk, cancel, tap.clone());
+        let len = match self.blobs.write_at(&blob_id(ctx)?, offset, guarded).await {
+            Ok(n) => n,
+            Err(StorageError::Body(e)) => return Err(body_error(e)),
+            Err(StorageError::NotFound) => return Err(CoreError::UnknownCtx),
+            Err(e @ StorageError::Io(_)) => return Err(CoreError::internal(e)),
+        };
+        if req.content_length.is_some_and(|cl| cl != len) {
+            return Err(CoreError::BodyIncomplete(format!("got {len} bytes of a declared Content-Length")));
+        }
+        Ok(Stored { len, digest: tap.map(|t| t.digest()) })
+    }
+
+    /// Checks what needs the stored bytes, then advances the offset
+    /// (compare-and-swap) and, on the final chunk, publishes.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        ctx: &str,
+        start: Start,
+        offset: u64,
+        prior_claim: Option<String>,
+        stored: Stored,
+        req: &ChunkRequest,
+        policy: &PutPolicy,
+        claim: Option<ContentMd5>,
+    ) -> Result<ChunkReply, CoreError> {
+        let end = offset + stored.len;
+        if policy.object_size_max.is_some_and(|max| end > max) {
+            return Err(CoreError::PolicyLimit("object would pass ObjectSizeMax".into()));
+        }
+        // A Content-MD5 equal to the chunk's verifies the chunk; any other
+        // value claims the whole object's MD5, checked at completion.
+        let chunk_verified = matches!((claim, stored.digest), (Some(c), Some(d)) if c.0 == d);
+        let new_claim = claim.filter(|_| !chunk_verified).map(|c| c.to_hex());
+        let complete = if req.params.complete {
+            if policy.object_size_min.is_some_and(|min| end < min) {
+                return Err(CoreError::PolicyLimit("object is smaller than ObjectSizeMin".into()));
+            }
+            let whole_claim = new_claim.clone().or(prior_claim);
+            let md5 = match whole_claim {
+                Some(want) => {
+                    let got = self.object_md5(ctx, end).await?;
+                    if got != want {
+                        return Err(CoreError::Md5Mismatch(if claim.is_some() {
+                            "matches neither this chunk nor the whole object"
+                        } else {
+                            "the whole object does not match the claimed MD5"
+                        }));
+                    }
+                    Some(got)
+                }
+                None if offset == 0 => stored.digest.map(hex::encode),
+                None => None,
+            };
+            Some(Completion { md5 })
+        } else {
+            None
+        };
+        let known_md5 = complete.as_ref().and_then(|c| c.md5.clone());
+        let change = Advance { start, chunk_len: stored.len, md5_claim: new_claim, complete, now: req.now };
+        let advanced = self.state.advance(ctx, change).await?;
+        let session = advanced.session;
+        if session.completed_at.is_none() {
+            return Ok(ChunkReply { offset: session.offset, context: ctx.to_owned(), callback_ret_msg: String::new() });
+        }
+        self.blobs.publish(&blob_id(ctx)?, session.offset).await.map_err(CoreError::internal)?;
+        if let Some(old) = advanced.replaced.filter(|old| old.blob != ctx) {
+            self.discard_blob(&old.blob).await;
+        }
+        self.finish(&session, policy, known_md5).await
+    }
+
+    /// After publication: the callback if the policy has one (it needs the
+    /// MD5 now), else the MD5 is computed in the background.
+    async fn finish(&self, session: &Session, policy: &PutPolicy, md5: Option<String>) -> Result<ChunkReply, CoreError> {
+        let mut reply = ChunkReply { offset: session.offset, context: session.ctx.clone(), callback_ret_msg: String::new() };
+        let Some(url) = &policy.callback_url else {
+            if md5.is_none() {
+                self.spawn_object_md5(session);
+            }
+            return Ok(reply);
+        };
+        let md5 = match md5 {
+            Some(m) => m,
+            None => {
+                let m = self.object_md5(&session.ctx, session.offset).await?;
+                self.state.set_object_md5(&session.bucket, &session.object, &session.ctx, &m).await?;
+                m
+            }
+        };
+        let vars = CallbackVars {
+            bucket: session.bucket.clone(),
+            object: session.object.clone(),
+            size: session.offset,
+            md5,
+            mime_type: session.content_type.clone(),
+            context: session.ctx.clone(),
+        };
+        let template = policy.callback_body.as_deref().unwrap_or(DEFAULT_CALLBACK_BODY);
+        let body = callback::render(template, &vars);
+        match self.callbacks.post(url, &body, self.cfg.callback_timeout).await {
+            Ok(answer) => {
+                reply.callback_ret_msg = base64::engine::general_purpose::STANDARD.encode(answer);
+                Ok(reply)
+            }
+            Err(reason) => {
+                tracing::warn!(ctx = %session.ctx, %reason, "completion callback failed");
+                Err(CoreError::CallbackFailed(reason))
+            }
+        }
+    }
+
+    pub(crate) async fn object_md5(&self, ctx: &str, size: u64) -> Result<String, CoreError> {
+        blob_md5(self.blobs.as_ref(), ctx, size).await
+    }
+
+    /// The resume point of a session.
+    pub async fn resume_point(
+        &self,
+        path: &ObjectPath,
+        params: &ResumeParams,
+        token: Option<&str>,
+        now: i64,
+    ) -> Result<u64, CoreError> {
+        self.authorize(token, path, now)?;
+        UploadCtx::parse(&params.context).map_err(|_| CoreError::UnknownCtx)?;
+        Ok(self.live_session(&params.context, path, now).await?.offset)
+    }
+}
+
+/// The callback body when the policy names a URL but no `CallbackBody`.
+const DEFAULT_CALLBACK_BODY: &str = r#"{"bucket":"${bucket}","object":"${object}","size":${size},"md5":"${md5}","mimeType":"${mimeType}","context":"${context}"}"#;
+
+/// MD5 (hex) of the first `size` bytes of a blob, read back from storage.
+pub(crate) async fn blob_md5(blobs: &dyn BlobStore, ctx: &str, size: u64) -> Result<String, CoreError> {
+    let mut stream = blobs.read_at(&blob_id(ctx)?, 0, size).await.map_err(CoreError::internal)?;
+    let mut hasher = Md5::new();
+    let mut seen = 0u64;
+    while let Some(frame) = stream.next().await {
+        let frame = frame.map_err(CoreError::internal)?;
+        seen += frame.len() as u64;
+        hasher.update(&frame);
+    }
+    if seen != size {
+        return Err(CoreError::internal(format!("blob {ctx} holds {seen} of {size} committed bytes")));
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+pub(crate) fn blob_id(ctx: &str) -> Result<BlobId, CoreError> {
+    BlobId::new(ctx).ok_or(CoreError::UnknownCtx)
+}
+
+fn body_error(e: std::io::Error) -> CoreError {
+    match BodyStop::of(&e) {
+        Some(BodyStop::TooLarge(limit)) => CoreError::ChunkTooLarge { limit },
+        Some(BodyStop::Superseded) => CoreError::Superseded,
+        None => CoreError::BodyIncomplete(e.to_string()),
+    }
+}

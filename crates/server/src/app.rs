@@ -1,0 +1,238 @@
+//! Building a node from its configuration and serving it.
+//!
+//! [`App::build`] opens the stores, recovers them and binds the listener;
+//! [`App::run`] serves until a shutdown future resolves. Tests and `main`
+//! drive the same two calls (the mini-redis pattern), tests on port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
+use upline_core::{Config, Keyring, Node};
+use upline_state::EmbeddedStore;
+use upline_storage::FsStore;
+
+use crate::config::ServerConfig;
+use crate::handlers::{self, ConnInfo};
+use crate::render::RequestId;
+use crate::routes::Endpoint;
+
+/// Why a node could not start. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data directory {path}: {source} (pass --data-dir or UPLINE_DATA_DIR with a writable directory)")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the embedded database {path}: {source} (is another upline running on this data directory?)")]
+    State { path: PathBuf, source: upline_state::StateError },
+    #[error("no credentials configured (set UPLINE_ACCESS_KEY and UPLINE_SECRET_KEY, or [[credentials]] in the config file)")]
+    NoCredentials,
+    #[error("invalid CORS origin {0:?} (write origins as scheme://host[:port])")]
+    CorsOrigin(String),
+    #[error("invalid public URL {0:?} (write it as http://host[:port] or https://host[:port])")]
+    PublicUrl(String),
+    #[error("cannot listen on {addr}: {source} (pick another --listen address)")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("recovery of the stores failed: {0}")]
+    Recover(#[source] upline_core::CoreError),
+    #[error("cannot build the callback HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub cfg: Arc<ServerConfig>,
+}
+
+/// A built node, bound and ready to serve.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    router: Router,
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl App {
+    /// Opens the stores under the data directory, recovers them, binds.
+    pub async fn build(cfg: ServerConfig) -> Result<App, StartError> {
+        if cfg.credentials.is_empty() {
+            return Err(StartError::NoCredentials);
+        }
+        if let Some(url) = &cfg.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(StartError::PublicUrl(url.clone()));
+        }
+        let data_err = |source| StartError::DataDir { path: cfg.data_dir.clone(), source };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(data_err)?;
+        let blobs = FsStore::open(cfg.data_dir.join("blobs")).map_err(data_err)?;
+        let db_path = cfg.data_dir.join("state.redb");
+        let state = EmbeddedStore::open(&db_path).map_err(|source| StartError::State { path: db_path, source })?;
+        let keys = Keyring::new(cfg.credentials.iter().map(|c| (c.access_key.clone(), c.secret_key.clone())));
+        let core_cfg = Config {
+            max_chunk: cfg.max_chunk,
+            require_expires: cfg.require_expires,
+            session_ttl: cfg.session_ttl_secs as i64,
+            callback_timeout: Duration::from_secs(cfg.callback_timeout_secs),
+        };
+        let callbacks = crate::callback::HttpCallbacks::new().map_err(StartError::Http)?;
+        let node = Arc::new(Node::new(Arc::new(blobs), Arc::new(state), keys, Arc::new(callbacks), core_cfg));
+        let fixed = node.recover().await.map_err(StartError::Recover)?;
+        if fixed > 0 {
+            tracing::info!(fixed, "storage recovered after an unclean stop");
+        }
+        let cors = cors_layer(&cfg.cors_origins)?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+        let state = AppState { node, cfg: Arc::new(cfg) };
+        let router = Router::new().fallback(dispatch).with_state(state.clone()).layer(cors);
+        Ok(App { listener, state, router })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// The upload rules behind this app (tests drive housekeeping with it).
+    pub fn node(&self) -> Arc<Node> {
+        self.state.node.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets
+    /// requests in flight finish for at most `shutdown_grace_secs`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let cfg = self.state.cfg.clone();
+        let collector = tokio::spawn(collect_forever(self.state.node.clone(), cfg.collect_interval_secs));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(cfg.header_timeout_secs))
+            .keep_alive(true)
+            .pipeline_flush(true);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        tracing::info!(addr = %self.local_addr(), "serving");
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let info = stream.local_addr().ok().map(|local| ConnInfo { local, peer });
+            let router = self.router.clone();
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                if let Some(info) = info {
+                    req.extensions_mut().insert(info);
+                }
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(self.listener);
+        collector.abort();
+        let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+        tracing::info!(?grace, "shutting down: letting requests in flight finish");
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("grace period over; closing the remaining connections");
+        }
+    }
+}
+
+async fn collect_forever(node: Arc<Node>, every_secs: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(every_secs.max(1)));
+    loop {
+        tick.tick().await;
+        match node.collect(unix_now()).await {
+            Ok(c) if c.abandoned + c.finished > 0 => {
+                tracing::info!(abandoned = c.abandoned, finished = c.finished, "idle sessions collected");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "collection failed"),
+        }
+    }
+}
+
+fn cors_layer(origins: &[String]) -> Result<CorsLayer, StartError> {
+    let allow = if origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o).map_err(|_| StartError::CorsOrigin(o.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::HEAD, Method::OPTIONS])
+        .allow_headers([
+            HeaderName::from_static("x-nos-token"),
+            HeaderName::from_static("content-md5"),
+            HeaderName::from_static("content-type"),
+        ])
+        .expose_headers([HeaderName::from_static("x-request-id")])
+        .max_age(Duration::from_secs(86400)))
+}
+
+/// Every request: an id, a span carrying it, then its endpoint's handler.
+async fn dispatch(State(app): State<AppState>, req: Request) -> Response {
+    let rid = RequestId::new();
+    let span = tracing::info_span!("request", id = %rid.0, method = %req.method(), path = %req.uri().path());
+    async move {
+        let conn = req.extensions().get::<ConnInfo>().copied();
+        let mut resp = match Endpoint::parse(req.method(), req.uri()) {
+            Endpoint::Health => handlers::health(),
+            Endpoint::Options => StatusCode::NO_CONTENT.into_response(),
+            Endpoint::Lbs(params) => handlers::lbs(&app, params, conn),
+            Endpoint::Stat => handlers::stat(req.into_body()).await,
+            Endpoint::Upload(path, params) => handlers::upload(&app, &rid, path, params, req).await,
+            Endpoint::Resume(path, params) => handlers::resume(&app, &rid, path, params, req.headers()).await,
+            Endpoint::Refused(msg) => handlers::refused(&rid, StatusCode::BAD_REQUEST, msg),
+            Endpoint::NotFound => handlers::refused(&rid, StatusCode::NOT_FOUND, "no such endpoint".into()),
+        };
+        if let Ok(v) = HeaderValue::from_str(&rid.0) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        resp
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,73 @@
+//! Typed configuration of a node. The command line fills it from flags,
+//! environment variables and a TOML file (see `docs/CONFIG.md`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One credential pair tokens may be signed with.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the embedded database and the blobs live.
+    pub data_dir: PathBuf,
+    /// The base URL clients reach this node by (`http://host:port`);
+    /// default: `http://` + the address the client connected to.
+    pub public_url: Option<String>,
+    /// Largest chunk body, bytes.
+    pub max_chunk: u64,
+    /// Refuse tokens without `Expires` (the original service accepts them).
+    pub require_expires: bool,
+    /// Seconds a session may stay idle before it is collected.
+    pub session_ttl_secs: u64,
+    /// Seconds between collection passes.
+    pub collect_interval_secs: u64,
+    /// Seconds a completion callback may take.
+    pub callback_timeout_secs: u64,
+    /// Origins allowed by CORS; empty means any origin.
+    pub cors_origins: Vec<String>,
+    /// Seconds to let requests in flight finish after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
+    /// Seconds a client may take to send its request headers.
+    pub header_timeout_secs: u64,
+    /// Credential pairs; see the credentials rules in `docs/CONFIG.md`.
+    pub credentials: Vec<Credential>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            data_dir: PathBuf::from("./upline-data"),
+            public_url: None,
+            max_chunk: upline_proto::MAX_CHUNK,
+            require_expires: true,
+            session_ttl_secs: 7 * 24 * 3600,
+            collect_interval_secs: 600,
+            callback_timeout_secs: 10,
+            cors_origins: Vec::new(),
+            shutdown_grace_secs: 30,
+            header_timeout_secs: 30,
+            credentials: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! One handler per endpoint: parse headers, call `core`, render.
+
+use std::io;
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{StreamExt, TryStreamExt};
+use upline_core::{ChunkRequest, CoreError};
+use upline_proto::{ErrorBody, LbsOk, LbsParams, ObjectPath, QueryOk, ResumeParams, UploadOk, UploadParams};
+
+use crate::app::AppState;
+use crate::render::{self, RequestId};
+
+/// The two ends of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// `POST /{bucket}/{object}`: one chunk.
+pub async fn upload(app: &AppState, rid: &RequestId, path: ObjectPath, params: UploadParams, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let chunk = match chunk_request(&parts.headers, path, params) {
+        Ok(c) => c,
+        Err(e) => return render::core_error(rid, &e),
+    };
+    let body = body.into_data_stream().map_err(io::Error::other);
+    match app.node.upload_chunk(chunk, Box::pin(body)).await {
+        Ok(r) => {
+            tracing::info!(offset = r.offset, "chunk stored");
+            Json(UploadOk::new(&rid.0, r.offset, &r.context, r.callback_ret_msg)).into_response()
+        }
+        Err(e) => render::core_error(rid, &e),
+    }
+}
+
+fn chunk_request(h: &HeaderMap, path: ObjectPath, params: UploadParams) -> Result<ChunkRequest, CoreError> {
+    let content_length = match text(h, header::CONTENT_LENGTH.as_str())? {
+        None => None,
+        Some(v) => Some(v.parse().map_err(|_| CoreError::BadParam("invalid Content-Length".into()))?),
+    };
+    Ok(ChunkRequest {
+        path,
+        params,
+        token: text(h, upline_proto::TOKEN_HEADER)?,
+        content_length,
+        content_type: text(h, header::CONTENT_TYPE.as_str())?,
+        content_md5: text(h, "content-md5")?,
+        now: crate::app::unix_now(),
+    })
+}
+
+/// A header as text; a non-UTF-8 value is a bad request.
+fn text(h: &HeaderMap, name: &str) -> Result<Option<String>, CoreError> {
+    h.get(name)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| CoreError::BadParam(format!("header {name} is not valid text")))
+        })
+        .transpose()
+}
+
+/// `GET /{bucket}/{object}?uploadContext`: the resume point.
+pub async fn resume(app: &AppState, rid: &RequestId, path: ObjectPath, params: ResumeParams, h: &HeaderMap) -> Response {
+    let result = async {
+        let token = text(h, upline_proto::TOKEN_HEADER)?;
+        app.node.resume_point(&path, &params, token.as_deref(), crate::app::unix_now()).await
+    }
+    .await;
+    match result {
+        Ok(offset) => Json(QueryOk::new(&rid.0, offset)).into_response(),
+        Err(e) => render::core_error(rid, &e),
+    }
+}
+
+/// `GET /lbs`: this node, listed twice (one widely used client reads
+/// `upload[1]`), by its public URL or the address the client reached.
+pub fn lbs(app: &AppState, params: Result<LbsParams, upline_proto::QueryError>, conn: Option<ConnInfo>) -> Response {
+    if let Err(e) = params {
+        return render::lbs_error(&e);
+    }
+    let base = match (&app.cfg.public_url, conn) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(c)) => format!("http://{}", c.local),
+        (None, None) => format!("http://{}", app.cfg.listen),
+    };
+    let lbs = match conn {
+        Some(c) if app.cfg.public_url.is_none() => format!("http://{}/lbs", c.local),
+        _ => format!("{base}/lbs"),
+    };
+    Json(LbsOk { lbs, upload: vec![base.clone(), base] }).into_response()
+}
+
+/// `POST /stat/sdk`: read (bounded) and ignore the mobile SDK statistics,
+/// so the keep-alive connection stays usable.
+pub async fn stat(body: Body) -> Response {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = stream.next().await {
+        seen += frame.len();
+        if seen > 1024 * 1024 {
+            break;
+        }
+    }
+    StatusCode::OK.into_response()
+}
+
+pub fn health() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+pub fn refused(rid: &RequestId, status: StatusCode, msg: String) -> Response {
+    tracing::info!(status = status.as_u16(), reason = %msg, "request refused");
+    (status, Json(ErrorBody::new(&rid.0, msg))).into_response()
+}

@@ -1,0 +1,15 @@
+//! The HTTP face of an upline node.
+//!
+//! Requests are parsed into typed [`routes::Endpoint`]s, handled by calling
+//! `upline-core`, and rendered in [`render`] — the one place errors get
+//! their status codes and JSON bodies. [`App`] owns the accept loop.
+
+pub mod app;
+pub mod callback;
+pub mod config;
+pub mod handlers;
+pub mod render;
+pub mod routes;
+
+pub use app::{App, StartError, unix_now};
+pub use config::{Credential, ServerConfig};

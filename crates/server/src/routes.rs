@@ -1,0 +1,92 @@
+//! Requests parsed into typed endpoints before any handler runs.
+//!
+//! Routing is by hand rather than by a router's path patterns because the
+//! object name is everything after the bucket, decoded by the protocol's
+//! own rules (`+` is a space, `%2F` a slash), which no router does.
+
+use axum::http::{Method, Uri};
+use upline_proto::{LbsParams, ObjectPath, QueryError, ResumeParams, UploadParams};
+
+/// What a request asks for.
+#[derive(Debug)]
+pub enum Endpoint {
+    Health,
+    /// `OPTIONS` that is not a CORS preflight (those never get here).
+    Options,
+    Lbs(Result<LbsParams, QueryError>),
+    Stat,
+    Upload(ObjectPath, UploadParams),
+    Resume(ObjectPath, ResumeParams),
+    /// A request the protocol knows but refuses (400, with this message).
+    Refused(String),
+    NotFound,
+}
+
+impl Endpoint {
+    pub fn parse(method: &Method, uri: &Uri) -> Endpoint {
+        let path = uri.path();
+        let query = uri.query().unwrap_or("");
+        let has_offset = || query.split('&').any(|p| p.starts_with("offset="));
+        match (method, path) {
+            (&Method::GET | &Method::HEAD, "/healthz") => Endpoint::Health,
+            (&Method::OPTIONS, _) => Endpoint::Options,
+            (&Method::GET, "/lbs") => Endpoint::Lbs(LbsParams::parse(query)),
+            // The mobile SDKs' statistics; "stat/sdk" is then no upload path.
+            (&Method::POST, "/stat/sdk") if !has_offset() => Endpoint::Stat,
+            (&Method::POST, _) => Self::object(path, |p| UploadParams::parse(query).map(|q| Endpoint::Upload(p, q))),
+            (&Method::GET, _) if is_resume(query) => {
+                Self::object(path, |p| ResumeParams::parse(query).map(|q| Endpoint::Resume(p, q)))
+            }
+            (&Method::GET, _) if ObjectPath::parse(path).is_ok() => {
+                Endpoint::Refused("downloads are not served here; add ?uploadContext to query a resume point".into())
+            }
+            _ => Endpoint::NotFound,
+        }
+    }
+
+    /// Parses the query first (rule 1), then the path.
+    fn object(path: &str, with: impl FnOnce(ObjectPath) -> Result<Endpoint, QueryError>) -> Endpoint {
+        match ObjectPath::parse(path) {
+            Ok(p) => with(p).unwrap_or_else(|e| Endpoint::Refused(e.to_string())),
+            Err(e) => Endpoint::Refused(e.to_string()),
+        }
+    }
+}
+
+fn is_resume(query: &str) -> bool {
+    query.split('&').any(|p| p == "uploadContext" || p.starts_with("uploadContext="))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(m: Method, uri: &str) -> Endpoint {
+        Endpoint::parse(&m, &uri.parse().unwrap())
+    }
+
+    #[test]
+    fn endpoints() {
+        assert!(matches!(parse(Method::GET, "/healthz"), Endpoint::Health));
+        assert!(matches!(parse(Method::GET, "/lbs?version=1.0&bucketname=doc"), Endpoint::Lbs(Ok(_))));
+        assert!(matches!(parse(Method::GET, "/lbs"), Endpoint::Lbs(Err(_))));
+        assert!(matches!(parse(Method::POST, "/stat/sdk?version=1.0"), Endpoint::Stat));
+        assert!(matches!(
+            parse(Method::POST, "/stat/sdk?offset=0&complete=true&version=1.0"),
+            Endpoint::Upload(..)
+        ));
+        assert!(matches!(
+            parse(Method::POST, "/doc/a%2Fb+c?version=1.0&complete=false&offset=0"),
+            Endpoint::Upload(p, _) if p.object.as_str() == "a/b c"
+        ));
+        assert!(matches!(
+            parse(Method::GET, "/doc/x?uploadContext&context=c&version=1.0"),
+            Endpoint::Resume(..)
+        ));
+        assert!(matches!(parse(Method::GET, "/doc/x"), Endpoint::Refused(_)));
+        assert!(matches!(parse(Method::POST, "/doc/x?offset=0"), Endpoint::Refused(_)));
+        assert!(matches!(parse(Method::POST, "/doc/a%zz?offset=0&complete=true&version=1.0"), Endpoint::Refused(_)));
+        assert!(matches!(parse(Method::DELETE, "/doc/x"), Endpoint::NotFound));
+        assert!(matches!(parse(Method::GET, "/"), Endpoint::NotFound));
+    }
+}
