@@ -1,1 +1,139 @@
-fn main(){}
+//! The `upline` command: `serve` runs an upload node, `token` mints an
+//! upload token with the node's credentials.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use upline_proto::PutPolicy;
+
+mod settings;
+
+use settings::{CommonArgs, CredentialSource};
+
+#[derive(Parser)]
+#[command(name = "upline", version, about = "Resumable media upload service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an upload node on the embedded default (local disk + redb).
+    Serve(ServeArgs),
+    /// Print an upload token signed with the node's credentials.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args, Serialize)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// Base URL clients reach this node by, e.g. http://upload.example.com.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_url: Option<String>,
+    #[command(flatten)]
+    #[serde(skip)]
+    common: CommonArgs,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    #[arg(long)]
+    bucket: String,
+    #[arg(long)]
+    object: String,
+    /// Lifetime of the token in seconds.
+    #[arg(long, default_value_t = 3600)]
+    expires_in: u64,
+    /// URL called when the upload completes.
+    #[arg(long)]
+    callback_url: Option<String>,
+    /// Body template of that call (variables: see docs/PROTOCOL-DECISIONS.md).
+    #[arg(long)]
+    callback_body: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Serialize)]
+struct NoFlags {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("upline: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut cfg = settings::load(&args.common, &args)?;
+    let source = settings::resolve_credentials(&mut cfg)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let app = upline_server::App::build(cfg.clone()).await?;
+        let access_key = &cfg.credentials[0].access_key;
+        let origin = match source {
+            CredentialSource::Environment => "from UPLINE_ACCESS_KEY/UPLINE_SECRET_KEY".to_owned(),
+            CredentialSource::ConfigFile => "from the config file".to_owned(),
+            CredentialSource::Generated(p) => format!("kept in {}", p.display()),
+        };
+        eprintln!(
+            "upline: serving on http://{} (data dir {}), access key {access_key} {origin}",
+            app.local_addr(),
+            cfg.data_dir.display()
+        );
+        app.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let mut cfg = settings::load(&args.common, &NoFlags {})?;
+    settings::resolve_credentials(&mut cfg)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let policy = PutPolicy {
+        bucket: upline_proto::Bucket::parse(&args.bucket)?.to_string(),
+        object: upline_proto::ObjectKey::parse(&args.object)?.to_string(),
+        expires: Some((now + args.expires_in) as i64),
+        callback_url: args.callback_url,
+        callback_body: args.callback_body,
+        ..Default::default()
+    };
+    let cred = &cfg.credentials[0];
+    println!("{}", policy.sign(&cred.access_key, cred.secret_key.as_bytes()));
+    Ok(())
+}
+

@@ -26,6 +26,7 @@ mod upload;
 pub use error::CoreError;
 pub use locks::{SessionGuard, SessionLocks};
 pub use maintenance::Collected;
+pub use upline_state::ObjectRecord;
 
 /// Tunables of the upload rules.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use md5::{Digest, Md5};
 use tokio_util::sync::CancellationToken;
 use upline_proto::callback::{self, CallbackVars};
 use upline_proto::{ContentMd5, ObjectPath, PutPolicy, ResumeParams, UploadCtx};
-use upline_state::{Advance, Completion, Session, Start};
+use upline_state::{Advance, Completion, ObjectRecord, Session, Start};
 use upline_storage::{BlobId, BlobStore, ByteStream, StorageError};
 
 use crate::body::{self, BodyStop, Md5Tap};
@@ -275,6 +275,16 @@ impl Node {
 
     pub(crate) async fn object_md5(&self, ctx: &str, size: u64) -> Result<String, CoreError> {
         blob_md5(self.blobs.as_ref(), ctx, size).await
+    }
+
+    /// The record of a published object.
+    pub async fn object(&self, bucket: &str, object: &str) -> Result<Option<ObjectRecord>, CoreError> {
+        Ok(self.state.get_object(bucket, object).await?)
+    }
+
+    /// Streams `len` bytes from `offset` of a published object.
+    pub async fn read_object(&self, record: &ObjectRecord, offset: u64, len: u64) -> Result<ByteStream, CoreError> {
+        Ok(self.blobs.read_at(&blob_id(&record.blob)?, offset, len).await?)
     }
 
     /// The resume point of a session.
