@@ -87,7 +87,7 @@ pub fn md5_b64(data: &[u8]) -> String {
 
 /// Deterministic test bytes.
 pub fn data(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = seed as u32 | 1;
+    let mut x = (seed as u32).wrapping_mul(2_654_435_761).wrapping_add(0x9E37_79B9) | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;
