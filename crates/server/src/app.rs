@@ -168,6 +168,7 @@ impl App {
         }
         drop(self.listener);
         collector.abort();
+        let _ = collector.await;
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
         tracing::info!(?grace, "shutting down: letting requests in flight finish");
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {

@@ -180,7 +180,7 @@ async fn object_names_slashes_plus_utf8_and_traversal() {
         assert_eq!(n.object_bytes("doc", name).await.unwrap(), bytes, "{path}");
     }
     // Nothing escaped the data directory.
-    assert!(!n.dir.path().parent().unwrap().join("etc").exists());
+    assert!(!n.path.parent().unwrap().join("etc").exists());
     n.stop().await;
 }
 

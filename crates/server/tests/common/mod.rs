@@ -20,7 +20,9 @@ pub struct TestNode {
     pub base: String,
     pub addr: SocketAddr,
     pub node: Arc<Node>,
-    pub dir: tempfile::TempDir,
+    /// The data directory, kept alive by `tmp` across restarts.
+    pub path: std::path::PathBuf,
+    pub tmp: Arc<tempfile::TempDir>,
     pub http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<()>,
@@ -31,10 +33,14 @@ pub async fn start() -> TestNode {
 }
 
 pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(Arc::new(tempfile::tempdir().unwrap()), tweak).await
+}
+
+/// A node on an existing data directory (a restart).
+pub async fn start_in(tmp: Arc<tempfile::TempDir>, tweak: impl FnOnce(&mut ServerConfig)) -> TestNode {
     let mut cfg = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
+        data_dir: tmp.path().to_path_buf(),
         credentials: vec![Credential { access_key: AK.into(), secret_key: SK.into() }],
         ..Default::default()
     };
@@ -50,7 +56,8 @@ pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestNode {
         base: format!("http://{addr}"),
         addr,
         node,
-        dir,
+        path: tmp.path().to_path_buf(),
+        tmp,
         http: reqwest::Client::new(),
         stop: Some(tx),
         task,
