@@ -123,7 +123,9 @@ async fn shutdown_signal() {
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let mut cfg = settings::load(&args.common, &NoFlags {})?;
     settings::resolve_credentials(&mut cfg)?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let policy = PutPolicy {
         bucket: upline_proto::Bucket::parse(&args.bucket)?.to_string(),
         object: upline_proto::ObjectKey::parse(&args.object)?.to_string(),
@@ -136,4 +138,3 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     println!("{}", policy.sign(&cred.access_key, cred.secret_key.as_bytes()));
     Ok(())
 }
-

@@ -40,7 +40,10 @@ pub fn load<T: Serialize>(common: &CommonArgs, flags: &T) -> anyhow::Result<Serv
     let mut fig = Figment::from(Serialized::defaults(ServerConfig::default()));
     if let Some(path) = &common.config {
         if !path.is_file() {
-            bail!("config file {} does not exist (check --config or UPLINE_CONFIG)", path.display());
+            bail!(
+                "config file {} does not exist (check --config or UPLINE_CONFIG)",
+                path.display()
+            );
         }
         fig = fig.merge(Toml::file(path));
     }
@@ -48,7 +51,8 @@ pub fn load<T: Serialize>(common: &CommonArgs, flags: &T) -> anyhow::Result<Serv
         .merge(Env::prefixed("UPLINE_").ignore(&["access_key", "secret_key", "config"]))
         .merge(Serialized::defaults(common))
         .merge(Serialized::defaults(flags));
-    fig.extract().context("invalid configuration (see docs/CONFIG.md for every option)")
+    fig.extract()
+        .context("invalid configuration (see docs/CONFIG.md for every option)")
 }
 
 /// Fills `cfg.credentials` by the precedence above.
@@ -57,7 +61,10 @@ pub fn resolve_credentials(cfg: &mut ServerConfig) -> anyhow::Result<CredentialS
     let sk = std::env::var("UPLINE_SECRET_KEY").ok().filter(|s| !s.is_empty());
     match (ak, sk) {
         (Some(access_key), Some(secret_key)) => {
-            cfg.credentials = vec![Credential { access_key, secret_key }];
+            cfg.credentials = vec![Credential {
+                access_key,
+                secret_key,
+            }];
             return Ok(CredentialSource::Environment);
         }
         (None, None) => {}
@@ -80,9 +87,13 @@ struct CredentialsFile {
 /// secret, written to a new 0600 file, fsync'ed.
 fn generated(path: &Path) -> anyhow::Result<Credential> {
     if let Ok(text) = std::fs::read_to_string(path) {
-        let file: CredentialsFile =
-            toml::from_str(&text).with_context(|| format!("{} is not a valid credentials file", path.display()))?;
-        return file.credentials.into_iter().next().with_context(|| format!("{} lists no credentials", path.display()));
+        let file: CredentialsFile = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid credentials file", path.display()))?;
+        return file
+            .credentials
+            .into_iter()
+            .next()
+            .with_context(|| format!("{} lists no credentials", path.display()));
     }
     let cred = Credential {
         access_key: hex::encode(rand::random::<[u8; 16]>()),
@@ -91,7 +102,9 @@ fn generated(path: &Path) -> anyhow::Result<Credential> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let text = toml::to_string(&CredentialsFile { credentials: vec![cred.clone()] })?;
+    let text = toml::to_string(&CredentialsFile {
+        credentials: vec![cred.clone()],
+    })?;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

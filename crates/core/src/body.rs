@@ -23,7 +23,9 @@ pub enum BodyStop {
 impl BodyStop {
     /// The stop inside an error produced by [`guard`], if it is one.
     pub fn of(e: &io::Error) -> Option<BodyStop> {
-        e.get_ref().and_then(|inner| inner.downcast_ref::<BodyStop>()).copied()
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<BodyStop>())
+            .copied()
     }
 }
 
@@ -76,7 +78,10 @@ fn stop(s: BodyStop) -> io::Error {
 /// Whether `incoming` is byte-for-byte `stored` (both read to their end).
 /// An error of `incoming` is returned as such; `stored` errors are wrapped
 /// as `Ok(Err(..))` so the caller can tell a client failure from a storage one.
-pub async fn same_bytes(mut incoming: ByteStream, mut stored: ByteStream) -> io::Result<Result<bool, io::Error>> {
+pub async fn same_bytes(
+    mut incoming: ByteStream,
+    mut stored: ByteStream,
+) -> io::Result<Result<bool, io::Error>> {
     let mut pending = Bytes::new();
     let mut equal = true;
     while let Some(frame) = incoming.next().await {
@@ -128,14 +133,24 @@ mod tests {
     #[tokio::test]
     async fn limit_and_tap() {
         let tap = Md5Tap::default();
-        let got = drain(guard(body(vec![b"ab".to_vec(), b"c".to_vec()]), 3, CancellationToken::new(), Some(tap.clone())))
-            .await
-            .unwrap();
+        let got = drain(guard(
+            body(vec![b"ab".to_vec(), b"c".to_vec()]),
+            3,
+            CancellationToken::new(),
+            Some(tap.clone()),
+        ))
+        .await
+        .unwrap();
         assert_eq!(got, b"abc");
         assert_eq!(hex::encode(tap.digest()), "900150983cd24fb0d6963f7d28e17f72");
-        let err = drain(guard(body(vec![b"ab".to_vec(), b"cd".to_vec()]), 3, CancellationToken::new(), None))
-            .await
-            .unwrap_err();
+        let err = drain(guard(
+            body(vec![b"ab".to_vec(), b"cd".to_vec()]),
+            3,
+            CancellationToken::new(),
+            None,
+        ))
+        .await
+        .unwrap_err();
         assert_eq!(BodyStop::of(&err), Some(BodyStop::TooLarge(3)));
     }
 
@@ -143,7 +158,9 @@ mod tests {
     async fn cancellation_stops_the_body() {
         let c = CancellationToken::new();
         c.cancel();
-        let err = drain(guard(body(vec![b"ab".to_vec()]), 3, c, None)).await.unwrap_err();
+        let err = drain(guard(body(vec![b"ab".to_vec()]), 3, c, None))
+            .await
+            .unwrap_err();
         assert_eq!(BodyStop::of(&err), Some(BodyStop::Superseded));
     }
 
@@ -155,7 +172,12 @@ mod tests {
                 body(b.into_iter().map(<[u8]>::to_vec).collect()),
             )
         };
-        assert!(cmp(vec![b"ab", b"cde"], vec![b"a", b"bcd", b"e"]).await.unwrap().unwrap());
+        assert!(
+            cmp(vec![b"ab", b"cde"], vec![b"a", b"bcd", b"e"])
+                .await
+                .unwrap()
+                .unwrap()
+        );
         assert!(cmp(vec![], vec![]).await.unwrap().unwrap());
         assert!(!cmp(vec![b"abc"], vec![b"abd"]).await.unwrap().unwrap());
         assert!(!cmp(vec![b"abc"], vec![b"ab"]).await.unwrap().unwrap());

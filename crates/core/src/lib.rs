@@ -125,7 +125,15 @@ impl Node {
         callbacks: Arc<dyn CallbackSender>,
         cfg: Config,
     ) -> Self {
-        Self { blobs, state, keys, callbacks, cfg, locks: SessionLocks::default(), in_flight: AtomicUsize::new(0) }
+        Self {
+            blobs,
+            state,
+            keys,
+            callbacks,
+            cfg,
+            locks: SessionLocks::default(),
+            in_flight: AtomicUsize::new(0),
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -138,7 +146,12 @@ impl Node {
     }
 
     /// Rule 2: a valid token whose scope is this bucket and object.
-    pub fn authorize(&self, token: Option<&str>, path: &ObjectPath, now: i64) -> Result<PutPolicy, CoreError> {
+    pub fn authorize(
+        &self,
+        token: Option<&str>,
+        path: &ObjectPath,
+        now: i64,
+    ) -> Result<PutPolicy, CoreError> {
         let raw = token.ok_or(upline_proto::TokenError::Missing)?;
         let policy = Token::parse(raw)?.verify(|ak| self.keys.secret(ak), now, self.cfg.require_expires)?;
         policy.check_scope(path.bucket.as_str(), path.object.as_str())?;

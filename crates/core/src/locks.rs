@@ -53,7 +53,13 @@ impl SessionLocks {
         let held = slot.lock.clone().lock_owned().await;
         let cancel = CancellationToken::new();
         *slot.holder.lock().expect("slot poisoned") = Some(cancel.clone());
-        SessionGuard { locks: self, ctx: ctx.to_owned(), slot, cancel, _held: held }
+        SessionGuard {
+            locks: self,
+            ctx: ctx.to_owned(),
+            slot,
+            cancel,
+            _held: held,
+        }
     }
 
     /// Sessions with a lock entry (held or awaited).
@@ -105,7 +111,9 @@ mod tests {
             let g = l2.acquire("a", true).await;
             g.cancel.is_cancelled()
         });
-        tokio::time::timeout(Duration::from_secs(5), token.cancelled()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), token.cancelled())
+            .await
+            .unwrap();
         drop(g1);
         assert!(!second.await.unwrap(), "the new holder has a fresh token");
         assert!(locks.is_empty());

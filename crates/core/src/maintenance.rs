@@ -59,7 +59,9 @@ impl Node {
             for s in batch {
                 let _guard = self.locks.acquire(&s.ctx, false).await;
                 // Re-read under the lock: a chunk may have just landed.
-                let Some(s) = self.state.get(&s.ctx).await? else { continue };
+                let Some(s) = self.state.get(&s.ctx).await? else {
+                    continue;
+                };
                 if !self.expired(&s, now) {
                     continue;
                 }
@@ -103,4 +105,3 @@ impl Node {
         });
     }
 }
-

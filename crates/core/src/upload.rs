@@ -39,7 +39,9 @@ impl Node {
         if let (Some(max), Some(cl)) = (policy.object_size_max, req.content_length)
             && req.params.offset.saturating_add(cl) > max
         {
-            return Err(CoreError::PolicyLimit(format!("object would pass ObjectSizeMax ({max} bytes)")));
+            return Err(CoreError::PolicyLimit(format!(
+                "object would pass ObjectSizeMax ({max} bytes)"
+            )));
         }
         match req.params.context.clone() {
             None => self.first_chunk(req, policy, claim, body).await,
@@ -55,7 +57,9 @@ impl Node {
         body: ByteStream,
     ) -> Result<ChunkReply, CoreError> {
         if req.params.offset != 0 {
-            return Err(CoreError::BadParam("a new session (no context) starts at offset 0".into()));
+            return Err(CoreError::BadParam(
+                "a new session (no context) starts at offset 0".into(),
+            ));
         }
         let content_type = req
             .content_type
@@ -63,17 +67,22 @@ impl Node {
             .filter(|c| !c.trim().is_empty())
             .unwrap_or_else(|| "application/octet-stream".into());
         if !policy.allows_mime(&content_type) {
-            return Err(CoreError::PolicyLimit(format!("content type {content_type} is not allowed by MimeLimit")));
+            return Err(CoreError::PolicyLimit(format!(
+                "content type {content_type} is not allowed by MimeLimit"
+            )));
         }
         let ctx = UploadCtx::from_random(rand::random());
         let guard = self.locks.acquire(ctx.as_str(), false).await;
-        let stored = self.store(ctx.as_str(), 0, &req, guard.cancel.clone(), claim, body).await?;
+        let stored = self
+            .store(ctx.as_str(), 0, &req, guard.cancel.clone(), claim, body)
+            .await?;
         let start = Start::New {
             bucket: req.path.bucket.to_string(),
             object: req.path.object.to_string(),
             content_type,
         };
-        self.commit(ctx.as_str(), start, 0, None, stored, &req, &policy, claim).await
+        self.commit(ctx.as_str(), start, 0, None, stored, &req, &policy, claim)
+            .await
     }
 
     async fn next_chunk(
@@ -92,9 +101,22 @@ impl Node {
         let session = self.live_session(ctx, &req.path, req.now).await?;
         let offset = req.params.offset;
         if session.completed_at.is_none() && offset == session.offset {
-            let stored = self.store(ctx, offset, &req, guard.cancel.clone(), claim, body).await?;
+            let stored = self
+                .store(ctx, offset, &req, guard.cancel.clone(), claim, body)
+                .await?;
             let prior_claim = session.md5_claim.clone();
-            return self.commit(ctx, Start::At(offset), offset, prior_claim, stored, &req, &policy, claim).await;
+            return self
+                .commit(
+                    ctx,
+                    Start::At(offset),
+                    offset,
+                    prior_claim,
+                    stored,
+                    &req,
+                    &policy,
+                    claim,
+                )
+                .await;
         }
         let replayable = session.last_chunk_len.is_some_and(|len| {
             offset.checked_add(len) == Some(session.offset)
@@ -102,8 +124,12 @@ impl Node {
                 && req.params.complete == session.completed_at.is_some()
         });
         let refusal = match session.completed_at {
-            Some(_) => CoreError::AlreadyComplete { offset: session.offset },
-            None => CoreError::OffsetMismatch { committed: session.offset },
+            Some(_) => CoreError::AlreadyComplete {
+                offset: session.offset,
+            },
+            None => CoreError::OffsetMismatch {
+                committed: session.offset,
+            },
         };
         if !replayable {
             return Err(refusal);
@@ -124,12 +150,19 @@ impl Node {
                 // may have come between commit and publication), then run
                 // the callback again — this is how a 520 is retried.
                 let id = blob_id(ctx)?;
-                self.blobs.publish(&id, session.offset).await.map_err(CoreError::internal)?;
+                self.blobs
+                    .publish(&id, session.offset)
+                    .await
+                    .map_err(CoreError::internal)?;
                 let record = self.state.get_object(&session.bucket, &session.object).await?;
                 let md5 = record.filter(|r| r.blob == ctx).and_then(|r| r.md5);
                 self.finish(&session, &policy, md5).await
             }
-            Ok(Ok(true)) => Ok(ChunkReply { offset: session.offset, context: ctx.to_owned(), callback_ret_msg: String::new() }),
+            Ok(Ok(true)) => Ok(ChunkReply {
+                offset: session.offset,
+                context: ctx.to_owned(),
+                callback_ret_msg: String::new(),
+            }),
         }
     }
 
@@ -168,9 +201,14 @@ impl Node {
             Err(e @ StorageError::Io(_)) => return Err(CoreError::internal(e)),
         };
         if req.content_length.is_some_and(|cl| cl != len) {
-            return Err(CoreError::BodyIncomplete(format!("got {len} bytes of a declared Content-Length")));
+            return Err(CoreError::BodyIncomplete(format!(
+                "got {len} bytes of a declared Content-Length"
+            )));
         }
-        Ok(Stored { len, digest: tap.map(|t| t.digest()) })
+        Ok(Stored {
+            len,
+            digest: tap.map(|t| t.digest()),
+        })
     }
 
     /// Checks what needs the stored bytes, then advances the offset
@@ -197,7 +235,9 @@ impl Node {
         let new_claim = claim.filter(|_| !chunk_verified).map(|c| c.to_hex());
         let complete = if req.params.complete {
             if policy.object_size_min.is_some_and(|min| end < min) {
-                return Err(CoreError::PolicyLimit("object is smaller than ObjectSizeMin".into()));
+                return Err(CoreError::PolicyLimit(
+                    "object is smaller than ObjectSizeMin".into(),
+                ));
             }
             let whole_claim = new_claim.clone().or(prior_claim);
             let md5 = match whole_claim {
@@ -220,13 +260,26 @@ impl Node {
             None
         };
         let known_md5 = complete.as_ref().and_then(|c| c.md5.clone());
-        let change = Advance { start, chunk_len: stored.len, md5_claim: new_claim, complete, now: req.now };
+        let change = Advance {
+            start,
+            chunk_len: stored.len,
+            md5_claim: new_claim,
+            complete,
+            now: req.now,
+        };
         let advanced = self.state.advance(ctx, change).await?;
         let session = advanced.session;
         if session.completed_at.is_none() {
-            return Ok(ChunkReply { offset: session.offset, context: ctx.to_owned(), callback_ret_msg: String::new() });
+            return Ok(ChunkReply {
+                offset: session.offset,
+                context: ctx.to_owned(),
+                callback_ret_msg: String::new(),
+            });
         }
-        self.blobs.publish(&blob_id(ctx)?, session.offset).await.map_err(CoreError::internal)?;
+        self.blobs
+            .publish(&blob_id(ctx)?, session.offset)
+            .await
+            .map_err(CoreError::internal)?;
         if let Some(old) = advanced.replaced.filter(|old| old.blob != ctx) {
             self.discard_blob(&old.blob).await;
         }
@@ -235,8 +288,17 @@ impl Node {
 
     /// After publication: the callback if the policy has one (it needs the
     /// MD5 now), else the MD5 is computed in the background.
-    async fn finish(&self, session: &Session, policy: &PutPolicy, md5: Option<String>) -> Result<ChunkReply, CoreError> {
-        let mut reply = ChunkReply { offset: session.offset, context: session.ctx.clone(), callback_ret_msg: String::new() };
+    async fn finish(
+        &self,
+        session: &Session,
+        policy: &PutPolicy,
+        md5: Option<String>,
+    ) -> Result<ChunkReply, CoreError> {
+        let mut reply = ChunkReply {
+            offset: session.offset,
+            context: session.ctx.clone(),
+            callback_ret_msg: String::new(),
+        };
         let Some(url) = &policy.callback_url else {
             if md5.is_none() {
                 self.spawn_object_md5(session);
@@ -247,7 +309,9 @@ impl Node {
             Some(m) => m,
             None => {
                 let m = self.object_md5(&session.ctx, session.offset).await?;
-                self.state.set_object_md5(&session.bucket, &session.object, &session.ctx, &m).await?;
+                self.state
+                    .set_object_md5(&session.bucket, &session.object, &session.ctx, &m)
+                    .await?;
                 m
             }
         };
@@ -283,7 +347,12 @@ impl Node {
     }
 
     /// Streams `len` bytes from `offset` of a published object.
-    pub async fn read_object(&self, record: &ObjectRecord, offset: u64, len: u64) -> Result<ByteStream, CoreError> {
+    pub async fn read_object(
+        &self,
+        record: &ObjectRecord,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream, CoreError> {
         Ok(self.blobs.read_at(&blob_id(&record.blob)?, offset, len).await?)
     }
 
@@ -306,7 +375,10 @@ const DEFAULT_CALLBACK_BODY: &str = r#"{"bucket":"${bucket}","object":"${object}
 
 /// MD5 (hex) of the first `size` bytes of a blob, read back from storage.
 pub(crate) async fn blob_md5(blobs: &dyn BlobStore, ctx: &str, size: u64) -> Result<String, CoreError> {
-    let mut stream = blobs.read_at(&blob_id(ctx)?, 0, size).await.map_err(CoreError::internal)?;
+    let mut stream = blobs
+        .read_at(&blob_id(ctx)?, 0, size)
+        .await
+        .map_err(CoreError::internal)?;
     let mut hasher = Md5::new();
     let mut seen = 0u64;
     while let Some(frame) = stream.next().await {
@@ -315,7 +387,9 @@ pub(crate) async fn blob_md5(blobs: &dyn BlobStore, ctx: &str, size: u64) -> Res
         hasher.update(&frame);
     }
     if seen != size {
-        return Err(CoreError::internal(format!("blob {ctx} holds {seen} of {size} committed bytes")));
+        return Err(CoreError::internal(format!(
+            "blob {ctx} holds {seen} of {size} committed bytes"
+        )));
     }
     Ok(hex::encode(hasher.finalize()))
 }

@@ -100,8 +100,15 @@ mod tests {
             serde_json::json!({"requestId":"r","requestID":"r","offset":5,"context":"c","callbackRetMsg":""})
         );
         let v = serde_json::to_value(ErrorBody::new("r", "bad")).unwrap();
-        assert_eq!(v, serde_json::json!({"requestId":"r","requestID":"r","errMsg":"bad"}));
-        let v = serde_json::to_value(LbsError { code: "BadRequest".into(), message: "m".into() }).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"requestId":"r","requestID":"r","errMsg":"bad"})
+        );
+        let v = serde_json::to_value(LbsError {
+            code: "BadRequest".into(),
+            message: "m".into(),
+        })
+        .unwrap();
         assert_eq!(v, serde_json::json!({"Code":"BadRequest","Message":"m"}));
     }
 }

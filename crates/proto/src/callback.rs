@@ -52,7 +52,10 @@ pub fn render(template: &str, vars: &CallbackVars) -> CallbackBody {
             quoted[1..quoted.len() - 1].to_owned()
         });
         if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&body).is_ok() {
-            return CallbackBody { body, content_type: "application/json" };
+            return CallbackBody {
+                body,
+                content_type: "application/json",
+            };
         }
     }
     let form_escape = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
@@ -67,7 +70,10 @@ pub fn render(template: &str, vars: &CallbackVars) -> CallbackBody {
         })
         .collect::<Vec<_>>()
         .join("&");
-    CallbackBody { body, content_type: "application/x-www-form-urlencoded" }
+    CallbackBody {
+        body,
+        content_type: "application/x-www-form-urlencoded",
+    }
 }
 
 /// `$(Name)` alone as a whole form field.
@@ -121,14 +127,23 @@ mod tests {
 
     #[test]
     fn form_with_standalone_magic() {
-        let b = render("a=1&$(ObjectSize)&b=2&$(Object)&obj=${object}&x=$(AVinfo.video.width)", &vars());
+        let b = render(
+            "a=1&$(ObjectSize)&b=2&$(Object)&obj=${object}&x=$(AVinfo.video.width)",
+            &vars(),
+        );
         assert_eq!(b.content_type, "application/x-www-form-urlencoded");
-        assert_eq!(b.body, "a=1&ObjectSize=42&b=2&Object=a+b%26c.mp4&obj=a+b%26c.mp4&x=");
+        assert_eq!(
+            b.body,
+            "a=1&ObjectSize=42&b=2&Object=a+b%26c.mp4&obj=a+b%26c.mp4&x="
+        );
     }
 
     #[test]
     fn json_body_escapes_values() {
-        let v = CallbackVars { object: "say \"hi\"".into(), ..vars() };
+        let v = CallbackVars {
+            object: "say \"hi\"".into(),
+            ..vars()
+        };
         let b = render(r#"{"name":"${object}","size":${size},"md5":"$(ObjectMD5)"}"#, &v);
         assert_eq!(b.content_type, "application/json");
         let j: serde_json::Value = serde_json::from_str(&b.body).unwrap();

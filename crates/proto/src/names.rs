@@ -5,7 +5,9 @@ use std::fmt;
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("invalid bucket name: 3 to 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit")]
+    #[error(
+        "invalid bucket name: 3 to 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit"
+    )]
     Bucket,
     #[error("invalid object name: 1 to 1024 bytes of UTF-8 without control characters")]
     Object,
@@ -81,8 +83,7 @@ impl UploadCtx {
 
     pub fn parse(s: &str) -> Result<Self, NameError> {
         let ok = (1..=Self::MAX_LEN).contains(&s.len())
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
             Ok(Self(s.to_owned()))
@@ -124,7 +125,13 @@ mod tests {
 
     #[test]
     fn objects() {
-        for ok in ["a", "dir/sub/file.mp4", "../etc/passwd", "视频 1+2.mp4", &"x".repeat(1024)] {
+        for ok in [
+            "a",
+            "dir/sub/file.mp4",
+            "../etc/passwd",
+            "视频 1+2.mp4",
+            &"x".repeat(1024),
+        ] {
             assert!(ObjectKey::parse(ok).is_ok(), "{ok}");
         }
         for bad in ["", "a\nb", "a\0b", "\u{7f}", &"x".repeat(1025)] {

@@ -115,10 +115,7 @@ impl UploadParams {
 
     /// Renders the query string a client sends.
     pub fn render(&self) -> String {
-        let mut s = format!(
-            "offset={}&complete={}&version=1.0",
-            self.offset, self.complete
-        );
+        let mut s = format!("offset={}&complete={}&version=1.0", self.offset, self.complete);
         if let Some(ctx) = &self.context {
             s.push_str("&context=");
             s.extend(form_urlencoded::byte_serialize(ctx.as_bytes()));
@@ -169,7 +166,11 @@ mod tests {
         let p = UploadParams::parse("complete=1&context=abc&version=1.0&offset=42").unwrap();
         assert_eq!(
             p,
-            UploadParams { offset: 42, complete: true, context: Some("abc".into()) }
+            UploadParams {
+                offset: 42,
+                complete: true,
+                context: Some("abc".into())
+            }
         );
         let p = UploadParams::parse("offset=0&complete=false&version=1.0&context=").unwrap();
         assert_eq!(p.context, None);
@@ -188,7 +189,10 @@ mod tests {
             ("offset=18446744073709551616&complete=true&version=1.0", Offset),
             ("offset=0&version=1.0", Missing("complete")),
             ("offset=0&complete=yes&version=1.0", Complete),
-            ("offset=0&offset=1&complete=true&version=1.0", Duplicate("offset".into())),
+            (
+                "offset=0&offset=1&complete=true&version=1.0",
+                Duplicate("offset".into()),
+            ),
         ];
         for (raw, want) in cases {
             assert_eq!(UploadParams::parse(raw), Err(want), "{raw}");
@@ -199,17 +203,41 @@ mod tests {
     fn resume_query() {
         let p = ResumeParams::parse("uploadContext&context=f3e2&version=1.0").unwrap();
         assert_eq!(p.context, "f3e2");
-        assert_eq!(ResumeParams::parse("uploadContext&version=1.0"), Err(QueryError::Context));
-        assert_eq!(ResumeParams::parse("uploadContext&context=&version=1.0"), Err(QueryError::Context));
-        assert_eq!(ResumeParams::parse("uploadContext&context=a"), Err(QueryError::Missing("version")));
+        assert_eq!(
+            ResumeParams::parse("uploadContext&version=1.0"),
+            Err(QueryError::Context)
+        );
+        assert_eq!(
+            ResumeParams::parse("uploadContext&context=&version=1.0"),
+            Err(QueryError::Context)
+        );
+        assert_eq!(
+            ResumeParams::parse("uploadContext&context=a"),
+            Err(QueryError::Missing("version"))
+        );
     }
 
     #[test]
     fn lbs_query() {
-        assert_eq!(LbsParams::parse("version=1.0&bucketname=doc").unwrap().bucket.as_str(), "doc");
-        assert_eq!(LbsParams::parse("bucketname=doc"), Err(QueryError::Missing("version")));
-        assert_eq!(LbsParams::parse("version=1.0"), Err(QueryError::Missing("bucketname")));
-        assert!(matches!(LbsParams::parse("version=1.0&bucketname=A"), Err(QueryError::Name(_))));
+        assert_eq!(
+            LbsParams::parse("version=1.0&bucketname=doc")
+                .unwrap()
+                .bucket
+                .as_str(),
+            "doc"
+        );
+        assert_eq!(
+            LbsParams::parse("bucketname=doc"),
+            Err(QueryError::Missing("version"))
+        );
+        assert_eq!(
+            LbsParams::parse("version=1.0"),
+            Err(QueryError::Missing("bucketname"))
+        );
+        assert!(matches!(
+            LbsParams::parse("version=1.0&bucketname=A"),
+            Err(QueryError::Name(_))
+        ));
     }
 
     proptest! {

@@ -88,13 +88,17 @@ impl PutPolicy {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        limit.split(';').map(str::trim).filter(|p| !p.is_empty()).any(|pat| {
-            let pat = pat.to_ascii_lowercase();
-            match pat.strip_suffix("/*") {
-                Some(top) => essence.split('/').next() == Some(top),
-                None => pat == "*" || pat == "*/*" || pat == essence,
-            }
-        })
+        limit
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .any(|pat| {
+                let pat = pat.to_ascii_lowercase();
+                match pat.strip_suffix("/*") {
+                    Some(top) => essence.split('/').next() == Some(top),
+                    None => pat == "*" || pat == "*/*" || pat == essence,
+                }
+            })
     }
 
     /// Signs this policy into a token with one credential pair.
@@ -126,9 +130,11 @@ impl<'a> Token<'a> {
         let rest = header.trim().strip_prefix("UPLOAD ").ok_or(TokenError::Prefix)?;
         let mut parts = rest.trim_start().splitn(3, ':');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some(a), Some(s), Some(p)) if !a.is_empty() && !s.is_empty() && !p.is_empty() => {
-                Ok(Self { access_key: a, encoded_sign: s, encoded_policy: p })
-            }
+            (Some(a), Some(s), Some(p)) if !a.is_empty() && !s.is_empty() && !p.is_empty() => Ok(Self {
+                access_key: a,
+                encoded_sign: s,
+                encoded_policy: p,
+            }),
             _ => Err(TokenError::Shape),
         }
     }
@@ -187,8 +193,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const POLICY: &str =
-        "eyJCdWNrZXQiOiJkb2MiLCJPYmplY3QiOiJhbm5lLmpwZyIsIkV4cGlyZXMiOjE0NTE0OTEyMDB9";
+    const POLICY: &str = "eyJCdWNrZXQiOiJkb2MiLCJPYmplY3QiOiJhbm5lLmpwZyIsIkV4cGlyZXMiOjE0NTE0OTEyMDB9";
     const AK: &str = "b6ff5ed65d1041e9a56e2257a2672990";
     const SK: &str = "ae0208eea57c4bc9bc5754368c06a542";
     const TOKEN: &str = "UPLOAD b6ff5ed65d1041e9a56e2257a2672990:+SL08gyotpanS0qQdqugiWVdDSlsfrQr6YXUNw0Nkz4=:eyJCdWNrZXQiOiJkb2MiLCJPYmplY3QiOiJhbm5lLmpwZyIsIkV4cGlyZXMiOjE0NTE0OTEyMDB9";
@@ -199,9 +204,18 @@ mod tests {
 
     #[test]
     fn documented_vectors() {
-        assert_eq!(sign(b"SecretKey", POLICY), "v8Q5BNIJuEoi6zckOzPuC5hADL4t/zNaecakkk8STuE=");
-        assert_eq!(format!("UPLOAD {AK}:{}:{POLICY}", sign(SK.as_bytes(), POLICY)), TOKEN);
-        let p = Token::parse(TOKEN).unwrap().verify(keys, 1_451_491_199, true).unwrap();
+        assert_eq!(
+            sign(b"SecretKey", POLICY),
+            "v8Q5BNIJuEoi6zckOzPuC5hADL4t/zNaecakkk8STuE="
+        );
+        assert_eq!(
+            format!("UPLOAD {AK}:{}:{POLICY}", sign(SK.as_bytes(), POLICY)),
+            TOKEN
+        );
+        let p = Token::parse(TOKEN)
+            .unwrap()
+            .verify(keys, 1_451_491_199, true)
+            .unwrap();
         assert_eq!(
             p,
             PutPolicy {
@@ -236,8 +250,12 @@ mod tests {
         let enc = base64::engine::general_purpose::STANDARD.encode("{\"Bucket\":1}");
         let bad_json = format!("UPLOAD {AK}:{}:{enc}", sign(SK.as_bytes(), &enc));
         assert!(matches!(check(&bad_json), Err(PolicyJson(_))));
-        let no_exp = PutPolicy { bucket: "doc".into(), object: "a".into(), ..Default::default() }
-            .sign(AK, SK.as_bytes());
+        let no_exp = PutPolicy {
+            bucket: "doc".into(),
+            object: "a".into(),
+            ..Default::default()
+        }
+        .sign(AK, SK.as_bytes());
         assert_eq!(check(&no_exp), Err(NoExpires));
         assert!(Token::parse(&no_exp).unwrap().verify(keys, now, false).is_ok());
         let bad_cb = PutPolicy {

@@ -34,18 +34,30 @@ use crate::routes::Endpoint;
 /// Why a node could not start. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot use data directory {path}: {source} (pass --data-dir or UPLINE_DATA_DIR with a writable directory)")]
+    #[error(
+        "cannot use data directory {path}: {source} (pass --data-dir or UPLINE_DATA_DIR with a writable directory)"
+    )]
     DataDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot open the embedded database {path}: {source} (is another upline running on this data directory?)")]
-    State { path: PathBuf, source: upline_state::StateError },
-    #[error("no credentials configured (set UPLINE_ACCESS_KEY and UPLINE_SECRET_KEY, or [[credentials]] in the config file)")]
+    #[error(
+        "cannot open the embedded database {path}: {source} (is another upline running on this data directory?)"
+    )]
+    State {
+        path: PathBuf,
+        source: upline_state::StateError,
+    },
+    #[error(
+        "no credentials configured (set UPLINE_ACCESS_KEY and UPLINE_SECRET_KEY, or [[credentials]] in the config file)"
+    )]
     NoCredentials,
     #[error("invalid CORS origin {0:?} (write origins as scheme://host[:port])")]
     CorsOrigin(String),
     #[error("invalid public URL {0:?} (write it as http://host[:port] or https://host[:port])")]
     PublicUrl(String),
     #[error("cannot listen on {addr}: {source} (pick another --listen address)")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("recovery of the stores failed: {0}")]
     Recover(#[source] upline_core::CoreError),
     #[error("cannot build the callback HTTP client: {0}")]
@@ -68,7 +80,10 @@ pub struct App {
 
 /// Unix time in seconds.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl App {
@@ -82,12 +97,22 @@ impl App {
         {
             return Err(StartError::PublicUrl(url.clone()));
         }
-        let data_err = |source| StartError::DataDir { path: cfg.data_dir.clone(), source };
+        let data_err = |source| StartError::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(&cfg.data_dir).map_err(data_err)?;
         let blobs = FsStore::open(cfg.data_dir.join("blobs")).map_err(data_err)?;
         let db_path = cfg.data_dir.join("state.redb");
-        let state = EmbeddedStore::open(&db_path).map_err(|source| StartError::State { path: db_path, source })?;
-        let keys = Keyring::new(cfg.credentials.iter().map(|c| (c.access_key.clone(), c.secret_key.clone())));
+        let state = EmbeddedStore::open(&db_path).map_err(|source| StartError::State {
+            path: db_path,
+            source,
+        })?;
+        let keys = Keyring::new(
+            cfg.credentials
+                .iter()
+                .map(|c| (c.access_key.clone(), c.secret_key.clone())),
+        );
         let core_cfg = Config {
             max_chunk: cfg.max_chunk,
             require_expires: cfg.require_expires,
@@ -95,7 +120,13 @@ impl App {
             callback_timeout: Duration::from_secs(cfg.callback_timeout_secs),
         };
         let callbacks = crate::callback::HttpCallbacks::new().map_err(StartError::Http)?;
-        let node = Arc::new(Node::new(Arc::new(blobs), Arc::new(state), keys, Arc::new(callbacks), core_cfg));
+        let node = Arc::new(Node::new(
+            Arc::new(blobs),
+            Arc::new(state),
+            keys,
+            Arc::new(callbacks),
+            core_cfg,
+        ));
         let fixed = node.recover().await.map_err(StartError::Recover)?;
         if fixed > 0 {
             tracing::info!(fixed, "storage recovered after an unclean stop");
@@ -103,14 +134,29 @@ impl App {
         let cors = cors_layer(&cfg.cors_origins)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
-            .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
-        let state = AppState { node, cfg: Arc::new(cfg) };
-        let router = Router::new().fallback(dispatch).with_state(state.clone()).layer(cors);
-        Ok(App { listener, state, router })
+            .map_err(|source| StartError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        let state = AppState {
+            node,
+            cfg: Arc::new(cfg),
+        };
+        let router = Router::new()
+            .fallback(dispatch)
+            .with_state(state.clone())
+            .layer(cors);
+        Ok(App {
+            listener,
+            state,
+            router,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn port(&self) -> u16 {
@@ -126,7 +172,10 @@ impl App {
     /// requests in flight finish for at most `shutdown_grace_secs`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let cfg = self.state.cfg.clone();
-        let collector = tokio::spawn(collect_forever(self.state.node.clone(), cfg.collect_interval_secs));
+        let collector = tokio::spawn(collect_forever(
+            self.state.node.clone(),
+            cfg.collect_interval_secs,
+        ));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -183,7 +232,11 @@ async fn collect_forever(node: Arc<Node>, every_secs: u64) {
         tick.tick().await;
         match node.collect(unix_now()).await {
             Ok(c) if c.abandoned + c.finished > 0 => {
-                tracing::info!(abandoned = c.abandoned, finished = c.finished, "idle sessions collected");
+                tracing::info!(
+                    abandoned = c.abandoned,
+                    finished = c.finished,
+                    "idle sessions collected"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "collection failed"),

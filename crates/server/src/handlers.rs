@@ -23,7 +23,13 @@ pub struct ConnInfo {
 }
 
 /// `POST /{bucket}/{object}`: one chunk.
-pub async fn upload(app: &AppState, rid: &RequestId, path: ObjectPath, params: UploadParams, req: Request) -> Response {
+pub async fn upload(
+    app: &AppState,
+    rid: &RequestId,
+    path: ObjectPath,
+    params: UploadParams,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let chunk = match chunk_request(&parts.headers, path, params) {
         Ok(c) => c,
@@ -42,7 +48,10 @@ pub async fn upload(app: &AppState, rid: &RequestId, path: ObjectPath, params: U
 fn chunk_request(h: &HeaderMap, path: ObjectPath, params: UploadParams) -> Result<ChunkRequest, CoreError> {
     let content_length = match text(h, header::CONTENT_LENGTH.as_str())? {
         None => None,
-        Some(v) => Some(v.parse().map_err(|_| CoreError::BadParam("invalid Content-Length".into()))?),
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| CoreError::BadParam("invalid Content-Length".into()))?,
+        ),
     };
     Ok(ChunkRequest {
         path,
@@ -67,10 +76,18 @@ fn text(h: &HeaderMap, name: &str) -> Result<Option<String>, CoreError> {
 }
 
 /// `GET /{bucket}/{object}?uploadContext`: the resume point.
-pub async fn resume(app: &AppState, rid: &RequestId, path: ObjectPath, params: ResumeParams, h: &HeaderMap) -> Response {
+pub async fn resume(
+    app: &AppState,
+    rid: &RequestId,
+    path: ObjectPath,
+    params: ResumeParams,
+    h: &HeaderMap,
+) -> Response {
     let result = async {
         let token = text(h, upline_proto::TOKEN_HEADER)?;
-        app.node.resume_point(&path, &params, token.as_deref(), crate::app::unix_now()).await
+        app.node
+            .resume_point(&path, &params, token.as_deref(), crate::app::unix_now())
+            .await
     }
     .await;
     match result {
@@ -81,7 +98,11 @@ pub async fn resume(app: &AppState, rid: &RequestId, path: ObjectPath, params: R
 
 /// `GET /lbs`: this node, listed twice (one widely used client reads
 /// `upload[1]`), by its public URL or the address the client reached.
-pub fn lbs(app: &AppState, params: Result<LbsParams, upline_proto::QueryError>, conn: Option<ConnInfo>) -> Response {
+pub fn lbs(
+    app: &AppState,
+    params: Result<LbsParams, upline_proto::QueryError>,
+    conn: Option<ConnInfo>,
+) -> Response {
     if let Err(e) = params {
         return render::lbs_error(&e);
     }
@@ -94,7 +115,11 @@ pub fn lbs(app: &AppState, params: Result<LbsParams, upline_proto::QueryError>, 
         Some(c) if app.cfg.public_url.is_none() => format!("http://{}/lbs", c.local),
         _ => format!("{base}/lbs"),
     };
-    Json(LbsOk { lbs, upload: vec![base.clone(), base] }).into_response()
+    Json(LbsOk {
+        lbs,
+        upload: vec![base.clone(), base],
+    })
+    .into_response()
 }
 
 /// `POST /stat/sdk`: read (bounded) and ignore the mobile SDK statistics,

@@ -38,7 +38,10 @@ pub fn core_error(rid: &RequestId, e: &CoreError) -> Response {
 /// Renders a refusal of `/lbs` in its own format.
 pub fn lbs_error(e: &QueryError) -> Response {
     tracing::info!(reason = %e, "lbs request refused");
-    let body = LbsError { code: "InvalidArgument".into(), message: e.to_string() };
+    let body = LbsError {
+        code: "InvalidArgument".into(),
+        message: e.to_string(),
+    };
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 

@@ -33,13 +33,15 @@ impl Endpoint {
             (&Method::GET, "/lbs") => Endpoint::Lbs(LbsParams::parse(query)),
             // The mobile SDKs' statistics; "stat/sdk" is then no upload path.
             (&Method::POST, "/stat/sdk") if !has_offset() => Endpoint::Stat,
-            (&Method::POST, _) => Self::object(path, |p| UploadParams::parse(query).map(|q| Endpoint::Upload(p, q))),
-            (&Method::GET, _) if is_resume(query) => {
-                Self::object(path, |p| ResumeParams::parse(query).map(|q| Endpoint::Resume(p, q)))
-            }
-            (&Method::GET, _) if ObjectPath::parse(path).is_ok() => {
-                Endpoint::Refused("downloads are not served here; add ?uploadContext to query a resume point".into())
-            }
+            (&Method::POST, _) => Self::object(path, |p| {
+                UploadParams::parse(query).map(|q| Endpoint::Upload(p, q))
+            }),
+            (&Method::GET, _) if is_resume(query) => Self::object(path, |p| {
+                ResumeParams::parse(query).map(|q| Endpoint::Resume(p, q))
+            }),
+            (&Method::GET, _) if ObjectPath::parse(path).is_ok() => Endpoint::Refused(
+                "downloads are not served here; add ?uploadContext to query a resume point".into(),
+            ),
             _ => Endpoint::NotFound,
         }
     }
@@ -54,7 +56,9 @@ impl Endpoint {
 }
 
 fn is_resume(query: &str) -> bool {
-    query.split('&').any(|p| p == "uploadContext" || p.starts_with("uploadContext="))
+    query
+        .split('&')
+        .any(|p| p == "uploadContext" || p.starts_with("uploadContext="))
 }
 
 #[cfg(test)]
@@ -68,9 +72,15 @@ mod tests {
     #[test]
     fn endpoints() {
         assert!(matches!(parse(Method::GET, "/healthz"), Endpoint::Health));
-        assert!(matches!(parse(Method::GET, "/lbs?version=1.0&bucketname=doc"), Endpoint::Lbs(Ok(_))));
+        assert!(matches!(
+            parse(Method::GET, "/lbs?version=1.0&bucketname=doc"),
+            Endpoint::Lbs(Ok(_))
+        ));
         assert!(matches!(parse(Method::GET, "/lbs"), Endpoint::Lbs(Err(_))));
-        assert!(matches!(parse(Method::POST, "/stat/sdk?version=1.0"), Endpoint::Stat));
+        assert!(matches!(
+            parse(Method::POST, "/stat/sdk?version=1.0"),
+            Endpoint::Stat
+        ));
         assert!(matches!(
             parse(Method::POST, "/stat/sdk?offset=0&complete=true&version=1.0"),
             Endpoint::Upload(..)
@@ -84,8 +94,14 @@ mod tests {
             Endpoint::Resume(..)
         ));
         assert!(matches!(parse(Method::GET, "/doc/x"), Endpoint::Refused(_)));
-        assert!(matches!(parse(Method::POST, "/doc/x?offset=0"), Endpoint::Refused(_)));
-        assert!(matches!(parse(Method::POST, "/doc/a%zz?offset=0&complete=true&version=1.0"), Endpoint::Refused(_)));
+        assert!(matches!(
+            parse(Method::POST, "/doc/x?offset=0"),
+            Endpoint::Refused(_)
+        ));
+        assert!(matches!(
+            parse(Method::POST, "/doc/a%zz?offset=0&complete=true&version=1.0"),
+            Endpoint::Refused(_)
+        ));
         assert!(matches!(parse(Method::DELETE, "/doc/x"), Endpoint::NotFound));
         assert!(matches!(parse(Method::GET, "/"), Endpoint::NotFound));
     }

@@ -26,7 +26,10 @@ struct App {
 }
 
 async fn callback(State(app): State<App>, headers: HeaderMap, body: String) -> (StatusCode, String) {
-    let ct = headers.get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let ct = headers
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
     app.seen.lock().unwrap().push((ct, body));
     let mode = *app.mode.lock().unwrap();
     match mode {
@@ -40,8 +43,13 @@ async fn callback(State(app): State<App>, headers: HeaderMap, body: String) -> (
 }
 
 async fn app_server(mode: Mode) -> (String, App) {
-    let app = App { mode: Arc::new(Mutex::new(mode)), seen: Arc::default() };
-    let router = axum::Router::new().route("/cb", axum::routing::post(callback)).with_state(app.clone());
+    let app = App {
+        mode: Arc::new(Mutex::new(mode)),
+        seen: Arc::default(),
+    };
+    let router = axum::Router::new()
+        .route("/cb", axum::routing::post(callback))
+        .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/cb", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -60,16 +68,33 @@ fn cb_token(object: &str, url: &str, body: Option<&str>) -> String {
 async fn a_200_callback_gets_substituted_variables_and_its_answer_comes_back() {
     let n = start().await;
     let (url, app) = app_server(Mode::Ok).await;
-    let t = cb_token("v/a b.mp4", &url, Some("bucket=$(Bucket)&$(ObjectSize)&name=${object}&md5=$(ObjectMD5)&w=$(AVinfo.video.width)"));
+    let t = cb_token(
+        "v/a b.mp4",
+        &url,
+        Some("bucket=$(Bucket)&$(ObjectSize)&name=${object}&md5=$(ObjectMD5)&w=$(AVinfo.video.width)"),
+    );
     let bytes = data(5000, 1);
-    let (s, b) = n.send(Chunk::new("/doc/v%2Fa+b.mp4", &t, 0, true, None, bytes.clone()).header("content-type", "video/mp4")).await;
+    let (s, b) = n
+        .send(
+            Chunk::new("/doc/v%2Fa+b.mp4", &t, 0, true, None, bytes.clone())
+                .header("content-type", "video/mp4"),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
-    let ret = base64::engine::general_purpose::STANDARD.decode(b["callbackRetMsg"].as_str().unwrap()).unwrap();
+    let ret = base64::engine::general_purpose::STANDARD
+        .decode(b["callbackRetMsg"].as_str().unwrap())
+        .unwrap();
     assert_eq!(ret, b"{\"ok\":\"from-app\"}");
     let seen = app.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].0, "application/x-www-form-urlencoded");
-    assert_eq!(seen[0].1, format!("bucket=doc&ObjectSize=5000&name=v%2Fa+b.mp4&md5={}&w=", md5_hex(&bytes)));
+    assert_eq!(
+        seen[0].1,
+        format!(
+            "bucket=doc&ObjectSize=5000&name=v%2Fa+b.mp4&md5={}&w=",
+            md5_hex(&bytes)
+        )
+    );
     n.stop().await;
 }
 
@@ -78,13 +103,21 @@ async fn json_and_default_callback_bodies() {
     let n = start().await;
     let (url, app) = app_server(Mode::Ok).await;
     let t = cb_token("j", &url, Some(r#"{"size":${size},"type":"${mimeType}"}"#));
-    let (s, _) = n.send(Chunk::new("/doc/j", &t, 0, true, None, vec![1; 10]).header("content-type", "image/png")).await;
+    let (s, _) = n
+        .send(Chunk::new("/doc/j", &t, 0, true, None, vec![1; 10]).header("content-type", "image/png"))
+        .await;
     assert_eq!(s, 200);
     let t = cb_token("d", &url, None);
     let (s, b) = n.send(Chunk::new("/doc/d", &t, 0, true, None, vec![1; 3])).await;
     assert_eq!(s, 200);
     let seen = app.seen.lock().unwrap().clone();
-    assert_eq!(seen[0], ("application/json".into(), r#"{"size":10,"type":"image/png"}"#.into()));
+    assert_eq!(
+        seen[0],
+        (
+            "application/json".into(),
+            r#"{"size":10,"type":"image/png"}"#.into()
+        )
+    );
     let default: serde_json::Value = serde_json::from_str(&seen[1].1).unwrap();
     assert_eq!(default["object"], "d");
     assert_eq!(default["size"], 3);
@@ -97,18 +130,31 @@ async fn a_failing_callback_is_520_the_object_stays_and_a_replay_retries() {
     let n = start().await;
     let (url, app) = app_server(Mode::Fail).await;
     let t = cb_token("f", &url, Some("o=${object}"));
-    let (_, b) = n.send(Chunk::new("/doc/f", &t, 0, false, None, vec![1; 100])).await;
+    let (_, b) = n
+        .send(Chunk::new("/doc/f", &t, 0, false, None, vec![1; 100]))
+        .await;
     let ctx = b["context"].as_str().unwrap().to_owned();
     let last = vec![2; 50];
-    let (s, b) = n.send(Chunk::new("/doc/f", &t, 100, true, Some(&ctx), last.clone())).await;
+    let (s, b) = n
+        .send(Chunk::new("/doc/f", &t, 100, true, Some(&ctx), last.clone()))
+        .await;
     assert_eq!(s, 520, "{b}");
     assert!(b["errMsg"].as_str().unwrap().contains("callback"), "{b}");
-    assert_eq!(n.object_bytes("doc", "f").await.unwrap().len(), 150, "the object was stored");
+    assert_eq!(
+        n.object_bytes("doc", "f").await.unwrap().len(),
+        150,
+        "the object was stored"
+    );
 
     *app.mode.lock().unwrap() = Mode::Ok;
-    let (s, b) = n.send(Chunk::new("/doc/f", &t, 100, true, Some(&ctx), last.clone())).await;
+    let (s, b) = n
+        .send(Chunk::new("/doc/f", &t, 100, true, Some(&ctx), last.clone()))
+        .await;
     assert_eq!(s, 200, "the exact replay retried the callback: {b}");
-    assert_eq!((&b["offset"], b["context"].as_str()), (&serde_json::json!(150), Some(ctx.as_str())));
+    assert_eq!(
+        (&b["offset"], b["context"].as_str()),
+        (&serde_json::json!(150), Some(ctx.as_str()))
+    );
     assert!(!b["callbackRetMsg"].as_str().unwrap().is_empty());
     assert_eq!(app.seen.lock().unwrap().len(), 2);
     n.stop().await;

@@ -16,28 +16,55 @@ async fn exact_replay_is_answered_and_changes_nothing() {
     let t = token("doc", "r");
     let ctx = first(&n, "/doc/r", &t, data(1000, 1)).await;
     let second = data(2000, 2);
-    let (s, b) = n.send(Chunk::new("/doc/r", &t, 1000, false, Some(&ctx), second.clone())).await;
+    let (s, b) = n
+        .send(Chunk::new("/doc/r", &t, 1000, false, Some(&ctx), second.clone()))
+        .await;
     assert_eq!((s, &b["offset"]), (200, &serde_json::json!(3000)));
     // The response was "lost": the same request again.
-    let (s, b) = n.send(Chunk::new("/doc/r", &t, 1000, false, Some(&ctx), second.clone())).await;
-    assert_eq!((s, &b["offset"], b["context"].as_str()), (200, &serde_json::json!(3000), Some(ctx.as_str())), "{b}");
+    let (s, b) = n
+        .send(Chunk::new("/doc/r", &t, 1000, false, Some(&ctx), second.clone()))
+        .await;
+    assert_eq!(
+        (s, &b["offset"], b["context"].as_str()),
+        (200, &serde_json::json!(3000), Some(ctx.as_str())),
+        "{b}"
+    );
     // Same offset and length, other bytes: not a replay.
-    let (s, b) = n.send(Chunk::new("/doc/r", &t, 1000, false, Some(&ctx), data(2000, 3))).await;
+    let (s, b) = n
+        .send(Chunk::new("/doc/r", &t, 1000, false, Some(&ctx), data(2000, 3)))
+        .await;
     assert_eq!(s, 400, "{b}");
     // Same offset, other length: not a replay.
-    let (s, _) = n.send(Chunk::new("/doc/r", &t, 1000, false, Some(&ctx), second[..1999].to_vec())).await;
+    let (s, _) = n
+        .send(Chunk::new(
+            "/doc/r",
+            &t,
+            1000,
+            false,
+            Some(&ctx),
+            second[..1999].to_vec(),
+        ))
+        .await;
     assert_eq!(s, 400);
     // An older chunk: not a replay.
-    let (s, _) = n.send(Chunk::new("/doc/r", &t, 0, false, Some(&ctx), data(1000, 1))).await;
+    let (s, _) = n
+        .send(Chunk::new("/doc/r", &t, 0, false, Some(&ctx), data(1000, 1)))
+        .await;
     assert_eq!(s, 400);
     assert_eq!(n.query("/doc/r", &t, &ctx).await.1["offset"], 3000);
     // The final chunk replayed after completion.
     let last = data(10, 4);
-    let (s, _) = n.send(Chunk::new("/doc/r", &t, 3000, true, Some(&ctx), last.clone())).await;
+    let (s, _) = n
+        .send(Chunk::new("/doc/r", &t, 3000, true, Some(&ctx), last.clone()))
+        .await;
     assert_eq!(s, 200);
-    let (s, b) = n.send(Chunk::new("/doc/r", &t, 3000, true, Some(&ctx), last.clone())).await;
+    let (s, b) = n
+        .send(Chunk::new("/doc/r", &t, 3000, true, Some(&ctx), last.clone()))
+        .await;
     assert_eq!((s, &b["offset"]), (200, &serde_json::json!(3010)), "{b}");
-    let (s, _) = n.send(Chunk::new("/doc/r", &t, 3000, false, Some(&ctx), last.clone())).await;
+    let (s, _) = n
+        .send(Chunk::new("/doc/r", &t, 3000, false, Some(&ctx), last.clone()))
+        .await;
     assert_eq!(s, 400, "a replay must carry the same complete flag");
     let mut want = data(1000, 1);
     want.extend(&second);
@@ -51,10 +78,14 @@ async fn chunk_md5_in_hex_and_base64_verifies_the_chunk() {
     let n = start().await;
     let t = token("doc", "m");
     let (a, b) = (data(5000, 1), data(3000, 2));
-    let (s, r) = n.send(Chunk::new("/doc/m", &t, 0, false, None, a.clone()).header("content-md5", md5_hex(&a))).await;
+    let (s, r) = n
+        .send(Chunk::new("/doc/m", &t, 0, false, None, a.clone()).header("content-md5", md5_hex(&a)))
+        .await;
     assert_eq!(s, 200, "{r}");
     let ctx = r["context"].as_str().unwrap().to_owned();
-    let (s, r) = n.send(Chunk::new("/doc/m", &t, 5000, true, Some(&ctx), b.clone()).header("content-md5", md5_b64(&b))).await;
+    let (s, r) = n
+        .send(Chunk::new("/doc/m", &t, 5000, true, Some(&ctx), b.clone()).header("content-md5", md5_b64(&b)))
+        .await;
     assert_eq!(s, 200, "{r}");
     let mut whole = a;
     whole.extend(b);
@@ -71,13 +102,25 @@ async fn whole_file_md5_on_every_chunk_like_the_mobile_client() {
     let mut ctx: Option<String> = None;
     for (i, piece) in whole.chunks(3000).enumerate() {
         let complete = (i + 1) * 3000 >= whole.len();
-        let c = Chunk::new("/doc/w", &t, (i * 3000) as u64, complete, ctx.as_deref(), piece.to_vec()).header("content-md5", claim.clone());
+        let c = Chunk::new(
+            "/doc/w",
+            &t,
+            (i * 3000) as u64,
+            complete,
+            ctx.as_deref(),
+            piece.to_vec(),
+        )
+        .header("content-md5", claim.clone());
         let (s, r) = n.send(c).await;
         assert_eq!(s, 200, "chunk {i}: {r}");
         ctx = Some(r["context"].as_str().unwrap().to_owned());
     }
     let rec = n.node.object("doc", "w").await.unwrap().unwrap();
-    assert_eq!(rec.md5.as_deref(), Some(claim.as_str()), "the checked claim is the object's MD5");
+    assert_eq!(
+        rec.md5.as_deref(),
+        Some(claim.as_str()),
+        "the checked claim is the object's MD5"
+    );
     n.stop().await;
 }
 
@@ -87,24 +130,50 @@ async fn a_false_whole_object_claim_publishes_nothing() {
     let t = token("doc", "f");
     let whole = data(6000, 7);
     let wrong = md5_hex(b"something else");
-    let (s, r) = n.send(Chunk::new("/doc/f", &t, 0, false, None, whole[..3000].to_vec()).header("content-md5", wrong.clone())).await;
+    let (s, r) = n
+        .send(
+            Chunk::new("/doc/f", &t, 0, false, None, whole[..3000].to_vec())
+                .header("content-md5", wrong.clone()),
+        )
+        .await;
     assert_eq!(s, 200, "a non-final chunk's claim cannot be checked yet: {r}");
     let ctx = r["context"].as_str().unwrap().to_owned();
     // The final chunk has no claim of its own; the stored one is checked.
-    let (s, r) = n.send(Chunk::new("/doc/f", &t, 3000, true, Some(&ctx), whole[3000..].to_vec())).await;
+    let (s, r) = n
+        .send(Chunk::new(
+            "/doc/f",
+            &t,
+            3000,
+            true,
+            Some(&ctx),
+            whole[3000..].to_vec(),
+        ))
+        .await;
     assert_eq!(s, 400, "{r}");
     assert!(n.object_bytes("doc", "f").await.is_none(), "nothing published");
-    assert_eq!(n.query("/doc/f", &t, &ctx).await.1["offset"], 3000, "the final chunk was not committed");
+    assert_eq!(
+        n.query("/doc/f", &t, &ctx).await.1["offset"],
+        3000,
+        "the final chunk was not committed"
+    );
 
     // A final chunk whose MD5 matches neither the chunk nor the object.
     let t2 = token("doc", "g");
     let ctx = first(&n, "/doc/g", &t2, whole[..3000].to_vec()).await;
-    let (s, _) = n.send(Chunk::new("/doc/g", &t2, 3000, true, Some(&ctx), whole[3000..].to_vec()).header("content-md5", wrong)).await;
+    let (s, _) = n
+        .send(
+            Chunk::new("/doc/g", &t2, 3000, true, Some(&ctx), whole[3000..].to_vec())
+                .header("content-md5", wrong),
+        )
+        .await;
     assert_eq!(s, 400);
     assert!(n.object_bytes("doc", "g").await.is_none());
     // The right whole-object claim then completes it.
     let (s, r) = n
-        .send(Chunk::new("/doc/g", &t2, 3000, true, Some(&ctx), whole[3000..].to_vec()).header("content-md5", md5_b64(&whole)))
+        .send(
+            Chunk::new("/doc/g", &t2, 3000, true, Some(&ctx), whole[3000..].to_vec())
+                .header("content-md5", md5_b64(&whole)),
+        )
         .await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(n.object_bytes("doc", "g").await.unwrap(), whole);
@@ -117,10 +186,17 @@ async fn racing_writers_with_different_bytes_one_wins_bytes_never_interleave() {
     let t = token("doc", "race");
     for round in 0..8u8 {
         let ctx = first(&n, "/doc/race", &t, data(100, round)).await;
-        let (a, b) = (data(3 << 20, round.wrapping_add(50)), data(3 << 20, round.wrapping_add(100)));
+        let (a, b) = (
+            data(3 << 20, round.wrapping_add(50)),
+            data(3 << 20, round.wrapping_add(100)),
+        );
         let send = |body: Vec<u8>| {
             let (n, t, ctx) = (n.clone(), t.clone(), ctx.clone());
-            tokio::spawn(async move { n.send(Chunk::new("/doc/race", &t, 100, false, Some(&ctx), body)).await.0 })
+            tokio::spawn(async move {
+                n.send(Chunk::new("/doc/race", &t, 100, false, Some(&ctx), body))
+                    .await
+                    .0
+            })
         };
         let (ra, rb) = (send(a.clone()), send(b.clone()));
         let (sa, sb) = (ra.await.unwrap(), rb.await.unwrap());
@@ -128,11 +204,23 @@ async fn racing_writers_with_different_bytes_one_wins_bytes_never_interleave() {
         statuses.sort();
         assert_eq!(statuses, [200, 400], "round {round}: exactly one wins");
         let winner = if sa == 200 { a } else { b };
-        let (s, r) = n.send(Chunk::new("/doc/race", &t, 100 + (3 << 20), true, Some(&ctx), Vec::new())).await;
+        let (s, r) = n
+            .send(Chunk::new(
+                "/doc/race",
+                &t,
+                100 + (3 << 20),
+                true,
+                Some(&ctx),
+                Vec::new(),
+            ))
+            .await;
         assert_eq!(s, 200, "{r}");
         let mut want = data(100, round);
         want.extend(winner);
-        assert!(n.object_bytes("doc", "race").await.unwrap() == want, "round {round}: stored bytes are the winner's");
+        assert!(
+            n.object_bytes("doc", "race").await.unwrap() == want,
+            "round {round}: stored bytes are the winner's"
+        );
     }
 }
 
@@ -155,10 +243,16 @@ async fn a_body_cut_off_mid_chunk_changes_nothing() {
     }
     assert_eq!(n.query("/doc/cut", &t, &ctx).await.1["offset"], 1000);
     let rest = data(2000, 2);
-    let (s, _) = n.send(Chunk::new("/doc/cut", &t, 1000, true, Some(&ctx), rest.clone())).await;
+    let (s, _) = n
+        .send(Chunk::new("/doc/cut", &t, 1000, true, Some(&ctx), rest.clone()))
+        .await;
     assert_eq!(s, 200);
     let mut want = data(1000, 1);
     want.extend(rest);
-    assert_eq!(n.object_bytes("doc", "cut").await.unwrap(), want, "no byte of the cut body survives");
+    assert_eq!(
+        n.object_bytes("doc", "cut").await.unwrap(),
+        want,
+        "no byte of the cut body survives"
+    );
     n.stop().await;
 }

@@ -11,9 +11,13 @@ use upline_server::unix_now;
 async fn idle_sessions_are_collected_with_their_bytes() {
     let n = start_with(|c| c.session_ttl_secs = 3600).await;
     let t = token("doc", "idle");
-    let (_, b) = n.send(Chunk::new("/doc/idle", &t, 0, false, None, vec![1; 1000])).await;
+    let (_, b) = n
+        .send(Chunk::new("/doc/idle", &t, 0, false, None, vec![1; 1000]))
+        .await;
     let open_ctx = b["context"].as_str().unwrap().to_owned();
-    let done_ctx = n.upload("/doc/done", &token("doc", "done"), &data(500, 1), 200).await;
+    let done_ctx = n
+        .upload("/doc/done", &token("doc", "done"), &data(500, 1), 200)
+        .await;
     let staged = n.path.join("blobs/staging").join(&open_ctx);
     assert!(staged.is_file());
 
@@ -25,8 +29,15 @@ async fn idle_sessions_are_collected_with_their_bytes() {
     assert_eq!((c.abandoned, c.finished), (1, 1));
     assert!(!staged.exists(), "the bytes went with the session");
     assert_eq!(n.query("/doc/idle", &t, &open_ctx).await.0, 404);
-    assert_eq!(n.query("/doc/done", &token("doc", "done"), &done_ctx).await.0, 404);
-    assert_eq!(n.object_bytes("doc", "done").await.unwrap(), data(500, 1), "objects outlive their sessions");
+    assert_eq!(
+        n.query("/doc/done", &token("doc", "done"), &done_ctx).await.0,
+        404
+    );
+    assert_eq!(
+        n.object_bytes("doc", "done").await.unwrap(),
+        data(500, 1),
+        "objects outlive their sessions"
+    );
     n.stop().await;
 }
 
@@ -34,11 +45,15 @@ async fn idle_sessions_are_collected_with_their_bytes() {
 async fn expired_sessions_answer_404_before_collection() {
     let n = start_with(|c| c.session_ttl_secs = 1).await;
     let t = token("doc", "x");
-    let (_, b) = n.send(Chunk::new("/doc/x", &t, 0, false, None, vec![1; 10])).await;
+    let (_, b) = n
+        .send(Chunk::new("/doc/x", &t, 0, false, None, vec![1; 10]))
+        .await;
     let ctx = b["context"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(n.query("/doc/x", &t, &ctx).await.0, 404);
-    let (s, _) = n.send(Chunk::new("/doc/x", &t, 10, true, Some(&ctx), vec![1; 10])).await;
+    let (s, _) = n
+        .send(Chunk::new("/doc/x", &t, 10, true, Some(&ctx), vec![1; 10]))
+        .await;
     assert_eq!(s, 404);
     n.stop().await;
 }
@@ -62,7 +77,9 @@ async fn the_object_md5_is_computed_off_the_hot_path() {
 async fn restart_removes_staged_bytes_of_no_session_and_keeps_open_ones() {
     let n = start().await;
     let t = token("doc", "keep");
-    let (_, b) = n.send(Chunk::new("/doc/keep", &t, 0, false, None, vec![7; 1000])).await;
+    let (_, b) = n
+        .send(Chunk::new("/doc/keep", &t, 0, false, None, vec![7; 1000]))
+        .await;
     let ctx = b["context"].as_str().unwrap().to_owned();
     let tmp = n.tmp.clone();
     n.stop().await;
@@ -71,7 +88,9 @@ async fn restart_removes_staged_bytes_of_no_session_and_keeps_open_ones() {
     let n = start_in(tmp, |_| {}).await;
     assert!(!orphan.exists(), "bytes of no session are deleted at start");
     assert_eq!(n.query("/doc/keep", &t, &ctx).await.1["offset"], 1000);
-    let (s, _) = n.send(Chunk::new("/doc/keep", &t, 1000, true, Some(&ctx), vec![8; 10])).await;
+    let (s, _) = n
+        .send(Chunk::new("/doc/keep", &t, 1000, true, Some(&ctx), vec![8; 10]))
+        .await;
     assert_eq!(s, 200);
     let mut want = vec![7; 1000];
     want.extend([8; 10]);

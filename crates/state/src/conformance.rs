@@ -24,7 +24,11 @@ where
 /// An [`Advance`] that creates a session for `doc/obj`.
 pub fn new(len: u64, now: i64) -> Advance {
     Advance {
-        start: Start::New { bucket: "doc".into(), object: "obj".into(), content_type: "video/mp4".into() },
+        start: Start::New {
+            bucket: "doc".into(),
+            object: "obj".into(),
+            content_type: "video/mp4".into(),
+        },
         chunk_len: len,
         md5_claim: None,
         complete: None,
@@ -34,7 +38,13 @@ pub fn new(len: u64, now: i64) -> Advance {
 
 /// An [`Advance`] from committed offset `at`.
 pub fn at(at: u64, len: u64, now: i64) -> Advance {
-    Advance { start: Start::At(at), chunk_len: len, md5_claim: None, complete: None, now }
+    Advance {
+        start: Start::At(at),
+        chunk_len: len,
+        md5_claim: None,
+        complete: None,
+        now,
+    }
 }
 
 async fn create_and_advance(s: &dyn SessionStore) {
@@ -45,9 +55,22 @@ async fn create_and_advance(s: &dyn SessionStore) {
     assert_eq!((a.session.offset, a.session.last_chunk_len), (15, Some(5)));
     let got = s.get("c1").await.unwrap().unwrap();
     assert_eq!(got, a.session);
-    assert_eq!((got.bucket.as_str(), got.object.as_str(), got.content_type.as_str()), ("doc", "obj", "video/mp4"));
-    assert_eq!((got.created_at, got.updated_at, got.completed_at), (100, 101, None));
-    assert!(matches!(s.advance("nope", at(0, 1, 1)).await, Err(StateError::NotFound)));
+    assert_eq!(
+        (
+            got.bucket.as_str(),
+            got.object.as_str(),
+            got.content_type.as_str()
+        ),
+        ("doc", "obj", "video/mp4")
+    );
+    assert_eq!(
+        (got.created_at, got.updated_at, got.completed_at),
+        (100, 101, None)
+    );
+    assert!(matches!(
+        s.advance("nope", at(0, 1, 1)).await,
+        Err(StateError::NotFound)
+    ));
 }
 
 async fn stale_offsets_conflict(s: &dyn SessionStore) {
@@ -58,7 +81,11 @@ async fn stale_offsets_conflict(s: &dyn SessionStore) {
             other => panic!("stale offset {stale}: {other:?}"),
         }
     }
-    assert_eq!(s.get("c").await.unwrap().unwrap().offset, 10, "a refused swap changes nothing");
+    assert_eq!(
+        s.get("c").await.unwrap().unwrap().offset,
+        10,
+        "a refused swap changes nothing"
+    );
 }
 
 async fn contexts_are_unique(s: &dyn SessionStore) {
@@ -69,42 +96,105 @@ async fn contexts_are_unique(s: &dyn SessionStore) {
 
 async fn completion_publishes_and_replaces(s: &dyn SessionStore) {
     s.advance("first", new(3, 1)).await.unwrap();
-    let done = Advance { complete: Some(Completion { md5: None }), ..at(3, 2, 5) };
+    let done = Advance {
+        complete: Some(Completion { md5: None }),
+        ..at(3, 2, 5)
+    };
     let a = s.advance("first", done).await.unwrap();
     assert_eq!(a.session.completed_at, Some(5));
     assert_eq!(a.replaced, None);
     let rec = s.get_object("doc", "obj").await.unwrap().unwrap();
-    assert_eq!((rec.blob.as_str(), rec.size, rec.content_type.as_str(), rec.created_at), ("first", 5, "video/mp4", 5));
-    assert!(matches!(s.advance("first", at(5, 1, 6)).await, Err(StateError::Completed)));
+    assert_eq!(
+        (
+            rec.blob.as_str(),
+            rec.size,
+            rec.content_type.as_str(),
+            rec.created_at
+        ),
+        ("first", 5, "video/mp4", 5)
+    );
+    assert!(matches!(
+        s.advance("first", at(5, 1, 6)).await,
+        Err(StateError::Completed)
+    ));
 
-    let single = Advance { complete: Some(Completion { md5: Some("ab".into()) }), ..new(7, 9) };
+    let single = Advance {
+        complete: Some(Completion {
+            md5: Some("ab".into()),
+        }),
+        ..new(7, 9)
+    };
     let a = s.advance("second", single).await.unwrap();
     assert_eq!(a.replaced.map(|r| r.blob), Some("first".into()));
     let rec = s.get_object("doc", "obj").await.unwrap().unwrap();
-    assert_eq!((rec.blob.as_str(), rec.size, rec.md5.as_deref()), ("second", 7, Some("ab")));
+    assert_eq!(
+        (rec.blob.as_str(), rec.size, rec.md5.as_deref()),
+        ("second", 7, Some("ab"))
+    );
     assert!(s.get_object("doc", "other").await.unwrap().is_none());
 }
 
 async fn md5_claims_and_object_md5(s: &dyn SessionStore) {
     let claim = |c: &str| Some(c.to_owned());
-    s.advance("c", Advance { md5_claim: claim("aa"), ..new(1, 1) }).await.unwrap();
+    s.advance(
+        "c",
+        Advance {
+            md5_claim: claim("aa"),
+            ..new(1, 1)
+        },
+    )
+    .await
+    .unwrap();
     s.advance("c", at(1, 1, 2)).await.unwrap();
-    assert_eq!(s.get("c").await.unwrap().unwrap().md5_claim, claim("aa"), "a chunk without a claim keeps it");
-    s.advance("c", Advance { md5_claim: claim("bb"), ..at(2, 1, 3) }).await.unwrap();
+    assert_eq!(
+        s.get("c").await.unwrap().unwrap().md5_claim,
+        claim("aa"),
+        "a chunk without a claim keeps it"
+    );
+    s.advance(
+        "c",
+        Advance {
+            md5_claim: claim("bb"),
+            ..at(2, 1, 3)
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(s.get("c").await.unwrap().unwrap().md5_claim, claim("bb"));
-    s.advance("c", Advance { complete: Some(Completion { md5: None }), ..at(3, 0, 4) }).await.unwrap();
+    s.advance(
+        "c",
+        Advance {
+            complete: Some(Completion { md5: None }),
+            ..at(3, 0, 4)
+        },
+    )
+    .await
+    .unwrap();
     assert!(!s.set_object_md5("doc", "obj", "other-blob", "ff").await.unwrap());
     assert!(s.set_object_md5("doc", "obj", "c", "ff").await.unwrap());
-    assert_eq!(s.get_object("doc", "obj").await.unwrap().unwrap().md5.as_deref(), Some("ff"));
+    assert_eq!(
+        s.get_object("doc", "obj").await.unwrap().unwrap().md5.as_deref(),
+        Some("ff")
+    );
 }
 
 async fn idle_sessions_and_delete(s: &dyn SessionStore) {
     s.advance("old", new(1, 100)).await.unwrap();
     s.advance("young", new(1, 100)).await.unwrap();
     s.advance("young", at(1, 1, 200)).await.unwrap();
-    let idle: Vec<String> = s.idle_sessions(150, 10).await.unwrap().into_iter().map(|s| s.ctx).collect();
+    let idle: Vec<String> = s
+        .idle_sessions(150, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.ctx)
+        .collect();
     assert_eq!(idle, vec!["old".to_owned()]);
-    assert_eq!(s.idle_sessions(1000, 1).await.unwrap().len(), 1, "limit is honoured");
+    assert_eq!(
+        s.idle_sessions(1000, 1).await.unwrap().len(),
+        1,
+        "limit is honoured"
+    );
     s.delete_session("old").await.unwrap();
     s.delete_session("old").await.unwrap();
     assert!(s.get("old").await.unwrap().is_none());

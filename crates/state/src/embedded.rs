@@ -62,7 +62,9 @@ impl EmbeddedStore {
         f: impl FnOnce(&Database) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, StateError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(backend)?
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(backend)?
     }
 }
 
@@ -76,7 +78,14 @@ fn advance_txn(db: &Database, ctx: &str, change: Advance) -> Result<Advanced, St
         };
         let mut session = match (change.start, current) {
             (Start::New { .. }, Some(_)) => return Err(StateError::Exists),
-            (Start::New { bucket, object, content_type }, None) => Session {
+            (
+                Start::New {
+                    bucket,
+                    object,
+                    content_type,
+                },
+                None,
+            ) => Session {
                 ctx: ctx.to_owned(),
                 bucket,
                 object,
@@ -115,11 +124,16 @@ fn advance_txn(db: &Database, ctx: &str, change: Advance) -> Result<Advanced, St
             };
             let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
             let key = object_key(&session.bucket, &session.object);
-            if let Some(old) = objects.insert(key.as_str(), encode(&record).as_slice()).map_err(backend)? {
+            if let Some(old) = objects
+                .insert(key.as_str(), encode(&record).as_slice())
+                .map_err(backend)?
+            {
                 replaced = Some(decode(old.value())?);
             }
         }
-        sessions.insert(ctx, encode(&session).as_slice()).map_err(backend)?;
+        sessions
+            .insert(ctx, encode(&session).as_slice())
+            .map_err(backend)?;
         Advanced { session, replaced }
     };
     txn.commit().map_err(backend)?;
@@ -178,7 +192,9 @@ impl SessionStore for EmbeddedStore {
                 match current {
                     Some(mut rec) if rec.blob == blob => {
                         rec.md5 = Some(md5);
-                        table.insert(key.as_str(), encode(&rec).as_slice()).map_err(backend)?;
+                        table
+                            .insert(key.as_str(), encode(&rec).as_slice())
+                            .map_err(backend)?;
                         true
                     }
                     _ => false,
@@ -214,7 +230,10 @@ impl SessionStore for EmbeddedStore {
         let ctx = ctx.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
-            txn.open_table(SESSIONS).map_err(backend)?.remove(ctx.as_str()).map_err(backend)?;
+            txn.open_table(SESSIONS)
+                .map_err(backend)?
+                .remove(ctx.as_str())
+                .map_err(backend)?;
             txn.commit().map_err(backend)?;
             Ok(())
         })

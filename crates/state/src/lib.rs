@@ -56,7 +56,11 @@ pub struct ObjectRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
     /// Create the session; fails with [`StateError::Exists`] if the context is taken.
-    New { bucket: String, object: String, content_type: String },
+    New {
+        bucket: String,
+        object: String,
+        content_type: String,
+    },
     /// The committed offset the caller saw; the swap fails if it moved.
     At(u64),
 }
@@ -128,8 +132,13 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Sets the MD5 of `bucket/object` if it is still held by `blob`;
     /// returns whether it did.
-    async fn set_object_md5(&self, bucket: &str, object: &str, blob: &str, md5: &str)
-    -> Result<bool, StateError>;
+    async fn set_object_md5(
+        &self,
+        bucket: &str,
+        object: &str,
+        blob: &str,
+        md5: &str,
+    ) -> Result<bool, StateError>;
 
     /// Sessions (open or complete) whose last commit is before `before`.
     async fn idle_sessions(&self, before: i64, limit: usize) -> Result<Vec<Session>, StateError>;

@@ -58,21 +58,45 @@ fn id(s: &str) -> BlobId {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 async fn write_then_read_back(store: &dyn BlobStore) {
     let b = id("blob-a");
-    assert_eq!(store.write_at(&b, 0, body(vec![b"hello ".to_vec()])).await.unwrap(), 6);
-    assert_eq!(store.write_at(&b, 6, body(vec![b"wor".to_vec(), b"ld".to_vec()])).await.unwrap(), 5);
+    assert_eq!(
+        store
+            .write_at(&b, 0, body(vec![b"hello ".to_vec()]))
+            .await
+            .unwrap(),
+        6
+    );
+    assert_eq!(
+        store
+            .write_at(&b, 6, body(vec![b"wor".to_vec(), b"ld".to_vec()]))
+            .await
+            .unwrap(),
+        5
+    );
     assert_eq!(read(store, &b, 0, 11).await, b"hello world");
-    assert_eq!(read(store, &b, 6, 100).await, b"world", "short blob ends the stream early");
+    assert_eq!(
+        read(store, &b, 6, 100).await,
+        b"world",
+        "short blob ends the stream early"
+    );
 }
 
 async fn first_write_creates_later_writes_need_blob(store: &dyn BlobStore) {
     let r = store.write_at(&id("nope"), 5, body(vec![b"x".to_vec()])).await;
-    assert!(matches!(r, Err(StorageError::NotFound)), "write past 0 of a missing blob: {r:?}");
-    assert!(matches!(store.read_at(&id("nope"), 0, 1).await, Err(StorageError::NotFound)));
+    assert!(
+        matches!(r, Err(StorageError::NotFound)),
+        "write past 0 of a missing blob: {r:?}"
+    );
+    assert!(matches!(
+        store.read_at(&id("nope"), 0, 1).await,
+        Err(StorageError::NotFound)
+    ));
 }
 
 async fn empty_blob_publishes_empty(store: &dyn BlobStore) {
@@ -85,8 +109,13 @@ async fn empty_blob_publishes_empty(store: &dyn BlobStore) {
 async fn failed_body_leaves_earlier_bytes(store: &dyn BlobStore) {
     let b = id("broken");
     store.write_at(&b, 0, body(vec![pattern(1000, 1)])).await.unwrap();
-    let r = store.write_at(&b, 1000, broken_body(vec![pattern(600_000, 2)])).await;
-    assert!(matches!(r, Err(StorageError::Body(_))), "body failure is reported as such: {r:?}");
+    let r = store
+        .write_at(&b, 1000, broken_body(vec![pattern(600_000, 2)]))
+        .await;
+    assert!(
+        matches!(r, Err(StorageError::Body(_))),
+        "body failure is reported as such: {r:?}"
+    );
     assert_eq!(read(store, &b, 0, 1000).await, pattern(1000, 1));
 }
 
@@ -94,7 +123,10 @@ async fn rewrite_overwrites_garbage(store: &dyn BlobStore) {
     let b = id("rewrite");
     store.write_at(&b, 0, body(vec![pattern(100, 1)])).await.unwrap();
     let _ = store.write_at(&b, 100, broken_body(vec![pattern(5000, 9)])).await;
-    store.write_at(&b, 100, body(vec![pattern(300, 3)])).await.unwrap();
+    store
+        .write_at(&b, 100, body(vec![pattern(300, 3)]))
+        .await
+        .unwrap();
     let mut want = pattern(100, 1);
     want.extend(pattern(300, 3));
     assert_eq!(read(store, &b, 0, 400).await, want);
@@ -102,14 +134,23 @@ async fn rewrite_overwrites_garbage(store: &dyn BlobStore) {
 
 async fn publish_truncates_and_is_idempotent(store: &dyn BlobStore) {
     let b = id("pub");
-    store.write_at(&b, 0, body(vec![pattern(700_000, 4)])).await.unwrap();
+    store
+        .write_at(&b, 0, body(vec![pattern(700_000, 4)]))
+        .await
+        .unwrap();
     store.publish(&b, 500_000).await.unwrap();
     store.publish(&b, 500_000).await.unwrap();
     assert_eq!(read(store, &b, 0, 1 << 20).await, pattern(700_000, 4)[..500_000]);
     assert!(!store.list_staged().await.unwrap().contains(&b));
     let r = store.write_at(&b, 500_000, body(vec![b"x".to_vec()])).await;
-    assert!(matches!(r, Err(StorageError::NotFound)), "published blobs take no writes: {r:?}");
-    assert!(matches!(store.publish(&id("never"), 0).await, Err(StorageError::NotFound)));
+    assert!(
+        matches!(r, Err(StorageError::NotFound)),
+        "published blobs take no writes: {r:?}"
+    );
+    assert!(matches!(
+        store.publish(&id("never"), 0).await,
+        Err(StorageError::NotFound)
+    ));
 }
 
 async fn delete_and_list(store: &dyn BlobStore) {
@@ -123,14 +164,23 @@ async fn delete_and_list(store: &dyn BlobStore) {
     store.delete(&p).await.unwrap();
     store.delete(&id("missing")).await.unwrap();
     assert_eq!(store.list_staged().await.unwrap(), vec![s2]);
-    assert!(matches!(store.read_at(&p, 0, 1).await, Err(StorageError::NotFound)));
-    assert!(matches!(store.read_at(&s1, 0, 1).await, Err(StorageError::NotFound)));
+    assert!(matches!(
+        store.read_at(&p, 0, 1).await,
+        Err(StorageError::NotFound)
+    ));
+    assert!(matches!(
+        store.read_at(&s1, 0, 1).await,
+        Err(StorageError::NotFound)
+    ));
 }
 
 async fn large_write_in_many_frames(store: &dyn BlobStore) {
     let b = id("large");
     let data = pattern(4 * 1024 * 1024 + 17, 5);
     let frames: Vec<Vec<u8>> = data.chunks(16_384 + 3).map(<[u8]>::to_vec).collect();
-    assert_eq!(store.write_at(&b, 0, body(frames)).await.unwrap(), data.len() as u64);
+    assert_eq!(
+        store.write_at(&b, 0, body(frames)).await.unwrap(),
+        data.len() as u64
+    );
     assert_eq!(read(store, &b, 0, data.len() as u64).await, data);
 }

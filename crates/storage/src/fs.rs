@@ -65,7 +65,11 @@ impl FsStore {
         match OpenOptions::new().write(true).open(&path) {
             Ok(f) => Ok(f),
             Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => {
-                let f = OpenOptions::new().write(true).create(true).truncate(false).open(&path)?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)?;
                 fsync_dir(&self.staging)?;
                 Ok(f)
             }
@@ -79,7 +83,11 @@ impl FsStore {
         let file = match OpenOptions::new().write(true).open(&staged) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return if self.published(id).exists() { Ok(()) } else { Err(StorageError::NotFound) };
+                return if self.published(id).exists() {
+                    Ok(())
+                } else {
+                    Err(StorageError::NotFound)
+                };
             }
             Err(e) => return Err(e.into()),
         };
@@ -107,12 +115,7 @@ fn join<T>(r: Result<io::Result<T>, tokio::task::JoinError>) -> io::Result<T> {
 
 #[async_trait::async_trait]
 impl BlobStore for FsStore {
-    async fn write_at(
-        &self,
-        id: &BlobId,
-        offset: u64,
-        mut body: ByteStream,
-    ) -> Result<u64, StorageError> {
+    async fn write_at(&self, id: &BlobId, offset: u64, mut body: ByteStream) -> Result<u64, StorageError> {
         let this = self.clone();
         let idc = id.clone();
         let file = spawn_blocking(move || this.open_staged(&idc, offset))

@@ -33,7 +33,8 @@ impl BlobId {
     /// Accepts 1..=128 chars of `[A-Za-z0-9_-]`.
     pub fn new(s: &str) -> Option<Self> {
         let ok = (1..=128).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         ok.then(|| Self(s.to_owned()))
     }
 
@@ -67,8 +68,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// a larger offset of a missing blob is [`StorageError::NotFound`]. On
     /// error, bytes before `offset` are untouched and bytes from `offset` on
     /// are unspecified: the next write at the same offset overwrites them.
-    async fn write_at(&self, id: &BlobId, offset: u64, body: ByteStream)
-    -> Result<u64, StorageError>;
+    async fn write_at(&self, id: &BlobId, offset: u64, body: ByteStream) -> Result<u64, StorageError>;
 
     /// Streams `len` bytes from `offset` of a staged or published blob. The
     /// stream ends early (fewer bytes) when the blob is shorter.

@@ -22,7 +22,10 @@ async fn object_names_never_reach_the_file_system() {
     assert!(BlobId::new("../etc").is_none());
     assert!(BlobId::new("a/b").is_none());
     let id = BlobId::new("abcdef").unwrap();
-    store.write_at(&id, 0, conformance::body(vec![b"x".to_vec()])).await.unwrap();
+    store
+        .write_at(&id, 0, conformance::body(vec![b"x".to_vec()]))
+        .await
+        .unwrap();
     store.publish(&id, 1).await.unwrap();
     assert!(dir.path().join("objects/ab/abcdef").is_file());
 }

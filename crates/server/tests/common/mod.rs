@@ -41,7 +41,10 @@ pub async fn start_in(tmp: Arc<tempfile::TempDir>, tweak: impl FnOnce(&mut Serve
     let mut cfg = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: tmp.path().to_path_buf(),
-        credentials: vec![Credential { access_key: AK.into(), secret_key: SK.into() }],
+        credentials: vec![Credential {
+            access_key: AK.into(),
+            secret_key: SK.into(),
+        }],
         ..Default::default()
     };
     tweak(&mut cfg);
@@ -94,7 +97,10 @@ pub fn md5_b64(data: &[u8]) -> String {
 
 /// Deterministic test bytes.
 pub fn data(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = (seed as u32).wrapping_mul(2_654_435_761).wrapping_add(0x9E37_79B9) | 1;
+    let mut x = (seed as u32)
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(0x9E37_79B9)
+        | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -117,8 +123,23 @@ pub struct Chunk<'a> {
 }
 
 impl<'a> Chunk<'a> {
-    pub fn new(path: &'a str, token: &'a str, offset: u64, complete: bool, context: Option<&'a str>, body: Vec<u8>) -> Self {
-        Self { path, token: Some(token), offset, complete, context, body, headers: Vec::new() }
+    pub fn new(
+        path: &'a str,
+        token: &'a str,
+        offset: u64,
+        complete: bool,
+        context: Option<&'a str>,
+        body: Vec<u8>,
+    ) -> Self {
+        Self {
+            path,
+            token: Some(token),
+            offset,
+            complete,
+            context,
+            body,
+            headers: Vec::new(),
+        }
     }
 
     pub fn header(mut self, k: &'a str, v: impl Into<String>) -> Self {
@@ -136,7 +157,10 @@ impl TestNode {
     }
 
     pub async fn send(&self, c: Chunk<'_>) -> (u16, Value) {
-        let mut url = format!("{}{}?offset={}&complete={}&version=1.0", self.base, c.path, c.offset, c.complete);
+        let mut url = format!(
+            "{}{}?offset={}&complete={}&version=1.0",
+            self.base, c.path, c.offset, c.complete
+        );
         if let Some(ctx) = c.context {
             url.push_str("&context=");
             url.push_str(ctx);
@@ -156,7 +180,13 @@ impl TestNode {
 
     pub async fn query(&self, path: &str, token: &str, ctx: &str) -> (u16, Value) {
         let url = format!("{}{}?uploadContext&context={ctx}&version=1.0", self.base, path);
-        let resp = self.http.get(url).header("x-nos-token", token).send().await.unwrap();
+        let resp = self
+            .http
+            .get(url)
+            .header("x-nos-token", token)
+            .send()
+            .await
+            .unwrap();
         (resp.status().as_u16(), resp.json().await.unwrap())
     }
 
@@ -168,7 +198,14 @@ impl TestNode {
             let end = (offset + chunk).min(data.len());
             let complete = end == data.len();
             let (status, body) = self
-                .send(Chunk::new(path, token, offset as u64, complete, ctx.as_deref(), data[offset..end].to_vec()))
+                .send(Chunk::new(
+                    path,
+                    token,
+                    offset as u64,
+                    complete,
+                    ctx.as_deref(),
+                    data[offset..end].to_vec(),
+                ))
                 .await;
             assert_eq!(status, 200, "chunk at {offset}: {body}");
             assert_eq!(body["offset"], end as u64);
