@@ -73,16 +73,25 @@ impl Node {
         }
         let ctx = UploadCtx::from_random(rand::random());
         let guard = self.locks.acquire(ctx.as_str(), false).await;
-        let stored = self
-            .store(ctx.as_str(), 0, &req, guard.cancel.clone(), claim, body)
-            .await?;
         let start = Start::New {
             bucket: req.path.bucket.to_string(),
             object: req.path.object.to_string(),
             content_type,
         };
-        self.commit(ctx.as_str(), start, 0, None, stored, &req, &policy, claim)
-            .await
+        let result = async {
+            let stored = self
+                .store(ctx.as_str(), 0, &req, guard.cancel.clone(), claim, body)
+                .await?;
+            self.commit(ctx.as_str(), start, 0, None, stored, &req, &policy, claim)
+                .await
+        }
+        .await;
+        // A first chunk that failed left bytes no client can ever name
+        // (nobody got the context): remove them now rather than at restart.
+        if result.is_err() && matches!(self.state.get(ctx.as_str()).await, Ok(None)) {
+            self.discard_blob(ctx.as_str()).await;
+        }
+        result
     }
 
     async fn next_chunk(

@@ -256,3 +256,23 @@ async fn a_body_cut_off_mid_chunk_changes_nothing() {
     );
     n.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_first_chunk_leaves_no_bytes_behind() {
+    let n = start().await;
+    let t = token("doc", "gone");
+    let mut req = format!(
+        "POST /doc/gone?offset=0&complete=false&version=1.0 HTTP/1.1\r\nHost: x\r\nx-nos-token: {t}\r\nContent-Length: 500000\r\n\r\n"
+    )
+    .into_bytes();
+    req.extend(data(200_000, 1));
+    let _ = raw(n.addr, &req, std::time::Duration::from_millis(300)).await;
+    let staging = n.path.join("blobs/staging");
+    for _ in 0..50 {
+        if std::fs::read_dir(&staging).unwrap().next().is_none() {
+            return n.stop().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("staged bytes of a session that never existed were left behind");
+}

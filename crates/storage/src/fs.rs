@@ -43,6 +43,9 @@ impl FsStore {
             std::fs::create_dir_all(dir)?;
         }
         fsync_dir(root)?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
+        }
         Ok(Self { staging, objects })
     }
 
