@@ -42,11 +42,17 @@ impl Proc {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("upline: serving on http://") {
-                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                let addr = line.strip_prefix("upline: serving on http://").map(|rest| {
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse::<SocketAddr>()
+                        .unwrap()
+                });
+                sink.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let addr = rx
@@ -183,17 +189,15 @@ async fn acknowledged_bytes_survive_kill_9() {
         );
         acked = resumed;
     }
-    let (s, b) = post(
-        &http,
-        &node.base(),
-        &t,
-        acked,
-        true,
-        Some(&ctx),
-        file[acked as usize..].to_vec(),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
+    // The rest, in chunks within the protocol's limit.
+    while (acked as usize) < file.len() {
+        let end = (acked as usize + (4 << 20)).min(file.len());
+        let last = end == file.len();
+        let body = file[acked as usize..end].to_vec();
+        let (s, b) = post(&http, &node.base(), &t, acked, last, Some(&ctx), body).await;
+        assert_eq!(s, 200, "{b}");
+        acked = b["offset"].as_u64().unwrap();
+    }
     let stored = std::fs::read(dir.path().join("blobs/objects").join(&ctx[..2]).join(&ctx)).unwrap();
     assert!(stored == file, "stored bytes are exact");
     assert!(
@@ -231,7 +235,20 @@ async fn sigterm_lets_the_chunk_in_flight_finish_and_exits_0() {
         }
     });
     let resp = tokio::spawn(req);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let seen = Instant::now();
+    while !node
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("request received"))
+    {
+        assert!(
+            seen.elapsed() < Duration::from_secs(10),
+            "the request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let status = Command::new("kill")
         .args(["-TERM", &node.child.id().to_string()])
         .status()

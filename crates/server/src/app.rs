@@ -271,6 +271,7 @@ async fn dispatch(State(app): State<AppState>, req: Request) -> Response {
     let rid = RequestId::new();
     let span = tracing::info_span!("request", id = %rid.0, method = %req.method(), path = %req.uri().path());
     async move {
+        tracing::debug!("request received");
         let conn = req.extensions().get::<ConnInfo>().copied();
         let mut resp = match Endpoint::parse(req.method(), req.uri()) {
             Endpoint::Health => handlers::health(),

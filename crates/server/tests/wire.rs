@@ -55,7 +55,7 @@ async fn oversized_content_length_is_refused_before_the_body() {
         "Content-Length: 4194304\r\nExpect: 100-continue\r\n",
     );
     s.write_all(req.as_bytes()).await.unwrap();
-    let interim = read_for(&mut s, Duration::from_millis(500)).await;
+    let interim = read_for(&mut s, Duration::from_secs(2)).await;
     assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
     s.write_all(&data(4 << 20, 1)).await.unwrap();
     let resp = read_for(&mut s, Duration::from_secs(2)).await;
