@@ -2,6 +2,7 @@
 //! MD5 tap that is only installed when a client sent `Content-MD5`.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -40,12 +41,20 @@ impl Md5Tap {
 }
 
 /// Wraps `body`: refuses more than `limit` bytes, stops when `cancel`
-/// fires, and feeds `tap` when there is one.
-pub fn guard(body: ByteStream, limit: u64, cancel: CancellationToken, tap: Option<Md5Tap>) -> ByteStream {
+/// fires, feeds `tap` when there is one, and counts every byte received
+/// into `received`.
+pub fn guard(
+    body: ByteStream,
+    limit: u64,
+    cancel: CancellationToken,
+    tap: Option<Md5Tap>,
+    received: Arc<AtomicU64>,
+) -> ByteStream {
     let state = (body, 0u64);
     Box::pin(futures_util::stream::unfold(Some(state), move |state| {
         let cancel = cancel.clone();
         let tap = tap.clone();
+        let received = received.clone();
         async move {
             let (mut body, seen) = state?;
             let next = tokio::select! {
@@ -57,6 +66,7 @@ pub fn guard(body: ByteStream, limit: u64, cancel: CancellationToken, tap: Optio
                 None => None,
                 Some(Err(e)) => Some((Err(e), None)),
                 Some(Ok(bytes)) => {
+                    received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     let seen = seen + bytes.len() as u64;
                     if seen > limit {
                         return Some((Err(stop(BodyStop::TooLarge(limit))), None));
@@ -133,21 +143,25 @@ mod tests {
     #[tokio::test]
     async fn limit_and_tap() {
         let tap = Md5Tap::default();
+        let received = Arc::new(AtomicU64::new(0));
         let got = drain(guard(
             body(vec![b"ab".to_vec(), b"c".to_vec()]),
             3,
             CancellationToken::new(),
             Some(tap.clone()),
+            received.clone(),
         ))
         .await
         .unwrap();
         assert_eq!(got, b"abc");
+        assert_eq!(received.load(Ordering::Relaxed), 3);
         assert_eq!(hex::encode(tap.digest()), "900150983cd24fb0d6963f7d28e17f72");
         let err = drain(guard(
             body(vec![b"ab".to_vec(), b"cd".to_vec()]),
             3,
             CancellationToken::new(),
             None,
+            Arc::default(),
         ))
         .await
         .unwrap_err();
@@ -158,7 +172,7 @@ mod tests {
     async fn cancellation_stops_the_body() {
         let c = CancellationToken::new();
         c.cancel();
-        let err = drain(guard(body(vec![b"ab".to_vec()]), 3, c, None))
+        let err = drain(guard(body(vec![b"ab".to_vec()]), 3, c, None, Arc::default()))
             .await
             .unwrap_err();
         assert_eq!(BodyStop::of(&err), Some(BodyStop::Superseded));

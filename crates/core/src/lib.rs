@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,6 +115,7 @@ pub struct Node {
     cfg: Config,
     locks: SessionLocks,
     in_flight: AtomicUsize,
+    received: Arc<AtomicU64>,
 }
 
 impl Node {
@@ -133,6 +134,7 @@ impl Node {
             cfg,
             locks: SessionLocks::default(),
             in_flight: AtomicUsize::new(0),
+            received: Arc::default(),
         }
     }
 
@@ -143,6 +145,12 @@ impl Node {
     /// Chunk uploads being served now (the load the LBS reports).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Chunk body bytes received since start, stored or not (a client that
+    /// re-sends acknowledged bytes shows up here).
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// Rule 2: a valid token whose scope is this bucket and object.

@@ -149,7 +149,13 @@ impl Node {
             Err(StorageError::NotFound) => return Err(refusal),
             Err(e) => return Err(CoreError::internal(e)),
         };
-        let incoming = body::guard(body, self.cfg.max_chunk, guard.cancel.clone(), None);
+        let incoming = body::guard(
+            body,
+            self.cfg.max_chunk,
+            guard.cancel.clone(),
+            None,
+            self.received.clone(),
+        );
         match body::same_bytes(incoming, stored).await {
             Err(e) => Err(body_error(e)),
             Ok(Err(e)) => Err(CoreError::internal(e)),
@@ -202,7 +208,13 @@ impl Node {
         body: ByteStream,
     ) -> Result<Stored, CoreError> {
         let tap = claim.map(|_| Md5Tap::default());
-        let guarded = body::guard(body, self.cfg.max_chunk, cancel, tap.clone());
+        let guarded = body::guard(
+            body,
+            self.cfg.max_chunk,
+            cancel,
+            tap.clone(),
+            self.received.clone(),
+        );
         let len = match self.blobs.write_at(&blob_id(ctx)?, offset, guarded).await {
             Ok(n) => n,
             Err(StorageError::Body(e)) => return Err(body_error(e)),
