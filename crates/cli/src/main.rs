@@ -1,5 +1,5 @@
 //! The `upline` command: `serve` runs an upload node, `token` mints an
-//! upload token with the node's credentials.
+//! upload token with the node's credentials, `upload` uploads files.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -9,12 +9,13 @@ use serde::Serialize;
 use upline_proto::PutPolicy;
 
 mod settings;
+mod upload;
 
 use settings::{CommonArgs, CredentialSource};
 
 #[derive(Parser)]
 #[command(name = "upline", version, about = "Resumable media upload service")]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -25,6 +26,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print an upload token signed with the node's credentials.
     Token(TokenArgs),
+    /// Upload files, resumably (re-run the same command to resume).
+    Upload(upload::UploadArgs),
 }
 
 #[derive(clap::Args, Serialize)]
@@ -62,16 +65,17 @@ struct TokenArgs {
 }
 
 #[derive(Serialize)]
-struct NoFlags {}
+pub(crate) struct NoFlags {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Token(args) => token(args),
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
+        Command::Upload(args) => upload::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("upline: error: {e:#}");
             ExitCode::FAILURE
@@ -88,7 +92,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut cfg = settings::load(&args.common, &args)?;
-    let source = settings::resolve_credentials(&mut cfg)?;
+    let source = settings::resolve_credentials(&mut cfg, true)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let app = upline_server::App::build(cfg.clone()).await?;
@@ -122,7 +126,7 @@ async fn shutdown_signal() {
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let mut cfg = settings::load(&args.common, &NoFlags {})?;
-    settings::resolve_credentials(&mut cfg)?;
+    settings::resolve_credentials(&mut cfg, true)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();

@@ -55,8 +55,10 @@ pub fn load<T: Serialize>(common: &CommonArgs, flags: &T) -> anyhow::Result<Serv
         .context("invalid configuration (see docs/CONFIG.md for every option)")
 }
 
-/// Fills `cfg.credentials` by the precedence above.
-pub fn resolve_credentials(cfg: &mut ServerConfig) -> anyhow::Result<CredentialSource> {
+/// Fills `cfg.credentials` by the precedence above. With `generate`
+/// false (a client), a missing credentials file is an error rather than
+/// a new pair no server knows.
+pub fn resolve_credentials(cfg: &mut ServerConfig, generate: bool) -> anyhow::Result<CredentialSource> {
     let ak = std::env::var("UPLINE_ACCESS_KEY").ok().filter(|s| !s.is_empty());
     let sk = std::env::var("UPLINE_SECRET_KEY").ok().filter(|s| !s.is_empty());
     match (ak, sk) {
@@ -74,6 +76,11 @@ pub fn resolve_credentials(cfg: &mut ServerConfig) -> anyhow::Result<CredentialS
         return Ok(CredentialSource::ConfigFile);
     }
     let path = cfg.data_dir.join("credentials.toml");
+    if !generate && !path.is_file() {
+        bail!(
+            "no credentials: pass --token, set UPLINE_ACCESS_KEY and UPLINE_SECRET_KEY, or point --data-dir at the node's data directory"
+        );
+    }
     cfg.credentials = vec![generated(&path)?];
     Ok(CredentialSource::Generated(path))
 }

@@ -1,105 +1,14 @@
 //! The real `upline` binary as a process: kill -9 in the middle of an
 //! upload, graceful SIGTERM, credentials, configuration, secret-free logs.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use upline_proto::PutPolicy;
 
-const AK: &str = "proc-test-access";
-const SK: &str = "proc-test-secret-do-not-log";
+mod common;
 
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-fn upline() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_upline"))
-}
-
-impl Proc {
-    fn serve(dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
-        let mut cmd = upline();
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(extra);
-        cmd.env_remove("UPLINE_ACCESS_KEY")
-            .env_remove("UPLINE_SECRET_KEY")
-            .env("RUST_LOG", "debug");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let addr = line.strip_prefix("upline: serving on http://").map(|rest| {
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap()
-                        .parse::<SocketAddr>()
-                        .unwrap()
-                });
-                sink.lock().unwrap().push(line);
-                if let Some(addr) = addr {
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no start: {:?}", log.lock().unwrap()));
-        Proc { child, addr, log }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-fn env_creds() -> [(&'static str, &'static str); 2] {
-    [("UPLINE_ACCESS_KEY", AK), ("UPLINE_SECRET_KEY", SK)]
-}
-
-fn token(object: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    PutPolicy {
-        bucket: "doc".into(),
-        object: object.into(),
-        expires: Some(now + 3600),
-        ..Default::default()
-    }
-    .sign(AK, SK.as_bytes())
-}
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use common::*;
 
 async fn post(
     http: &reqwest::Client,

@@ -10,56 +10,22 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use upline_client::{ChunkPolicy, Event, RetryPolicy, UploadError, Uploader};
-use upline_core::Node;
 use upline_proto::PutPolicy;
-use upline_server::{App, Credential, ServerConfig, unix_now};
+use upline_server::unix_now;
 
-const AK: &str = "client-test-ak";
-const SK: &str = "client-test-sk";
-
-struct Server {
-    base: String,
-    node: Arc<Node>,
-    _dir: tempfile::TempDir,
-}
+use upline_server::testing::{ACCESS_KEY as AK, SECRET_KEY as SK, TestServer as Server};
 
 async fn server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        credentials: vec![Credential {
-            access_key: AK.into(),
-            secret_key: SK.into(),
-        }],
-        ..Default::default()
-    };
-    let app = App::build(cfg).await.unwrap();
-    let base = format!("http://{}", app.local_addr());
-    let node = app.node();
-    tokio::spawn(app.run(std::future::pending()));
-    Server {
-        base,
-        node,
-        _dir: dir,
-    }
+    Server::start(|_| {}).await
 }
 
-impl Server {
+trait Stored {
+    async fn stored(&self, object: &str) -> Vec<u8>;
+}
+
+impl Stored for Server {
     async fn stored(&self, object: &str) -> Vec<u8> {
-        use futures_util::StreamExt;
-        let rec = self
-            .node
-            .object("doc", object)
-            .await
-            .unwrap()
-            .expect("object published");
-        let mut s = self.node.read_object(&rec, 0, rec.size).await.unwrap();
-        let mut out = Vec::new();
-        while let Some(b) = s.next().await {
-            out.extend_from_slice(&b.unwrap());
-        }
-        out
+        self.object_bytes("doc", object).await.expect("object published")
     }
 }
 

@@ -49,8 +49,10 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Seconds a client may take to send its request headers.
     pub header_timeout_secs: u64,
-    /// Credential pairs; see the credentials rules in `docs/CONFIG.md`.
+    /// Credential pairs; see the credentials rules in the README.
     pub credentials: Vec<Credential>,
+    /// The bucket `upline upload` uses when `--bucket` is not given.
+    pub default_bucket: String,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +70,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             header_timeout_secs: 30,
             credentials: Vec::new(),
+            default_bucket: "uploads".into(),
         }
     }
 }

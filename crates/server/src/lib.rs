@@ -10,6 +10,7 @@ pub mod config;
 pub mod handlers;
 pub mod render;
 pub mod routes;
+pub mod testing;
 
 pub use app::{App, StartError, unix_now};
 pub use config::{Credential, ServerConfig};

@@ -6,16 +6,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use upline_core::Node;
 use upline_proto::PutPolicy;
-use upline_server::{App, Credential, ServerConfig, unix_now};
+use upline_server::testing::TestServer;
+use upline_server::{ServerConfig, unix_now};
 
-pub const AK: &str = "test-access-key";
-pub const SK: &str = "test-secret-key-0123456789";
+pub use upline_server::testing::{ACCESS_KEY as AK, SECRET_KEY as SK};
 
+/// A test node and a client for it.
 pub struct TestNode {
     pub base: String,
     pub addr: SocketAddr,
@@ -24,8 +24,7 @@ pub struct TestNode {
     pub path: std::path::PathBuf,
     pub tmp: Arc<tempfile::TempDir>,
     pub http: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub task: tokio::task::JoinHandle<()>,
+    srv: TestServer,
 }
 
 pub async fn start() -> TestNode {
@@ -33,37 +32,23 @@ pub async fn start() -> TestNode {
 }
 
 pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestNode {
-    start_in(Arc::new(tempfile::tempdir().unwrap()), tweak).await
+    wrap(TestServer::start(tweak).await)
 }
 
 /// A node on an existing data directory (a restart).
 pub async fn start_in(tmp: Arc<tempfile::TempDir>, tweak: impl FnOnce(&mut ServerConfig)) -> TestNode {
-    let mut cfg = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: tmp.path().to_path_buf(),
-        credentials: vec![Credential {
-            access_key: AK.into(),
-            secret_key: SK.into(),
-        }],
-        ..Default::default()
-    };
-    tweak(&mut cfg);
-    let app = App::build(cfg).await.unwrap();
-    let addr = app.local_addr();
-    let node = app.node();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app.run(async {
-        let _ = rx.await;
-    }));
+    wrap(TestServer::start_in(tmp, tweak).await)
+}
+
+fn wrap(srv: TestServer) -> TestNode {
     TestNode {
-        base: format!("http://{addr}"),
-        addr,
-        node,
-        path: tmp.path().to_path_buf(),
-        tmp,
+        base: srv.base.clone(),
+        addr: srv.addr,
+        node: srv.node.clone(),
+        path: srv.data_dir(),
+        tmp: srv.tmp.clone(),
         http: reqwest::Client::new(),
-        stop: Some(tx),
-        task,
+        srv,
     }
 }
 
@@ -149,11 +134,8 @@ impl<'a> Chunk<'a> {
 }
 
 impl TestNode {
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = self.task.await;
+    pub async fn stop(self) {
+        self.srv.stop().await
     }
 
     pub async fn send(&self, c: Chunk<'_>) -> (u16, Value) {
@@ -219,13 +201,7 @@ impl TestNode {
 
     /// The published bytes of an object, read through the node.
     pub async fn object_bytes(&self, bucket: &str, object: &str) -> Option<Vec<u8>> {
-        let rec = self.node.object(bucket, object).await.unwrap()?;
-        let mut s = self.node.read_object(&rec, 0, rec.size).await.unwrap();
-        let mut out = Vec::new();
-        while let Some(b) = s.next().await {
-            out.extend_from_slice(&b.unwrap());
-        }
-        Some(out)
+        self.srv.object_bytes(bucket, object).await
     }
 }
 
