@@ -22,7 +22,7 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run an upload node on the embedded default (local disk + redb).
+    /// Run an upload node on the embedded default (local disk + SQLite).
     Serve(ServeArgs),
     /// Print an upload token signed with the node's credentials.
     Token(TokenArgs),

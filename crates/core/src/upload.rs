@@ -77,6 +77,7 @@ impl Node {
             bucket: req.path.bucket.to_string(),
             object: req.path.object.to_string(),
             content_type,
+            tag: policy.tag.clone(),
         };
         let result = async {
             let stored = self

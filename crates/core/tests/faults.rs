@@ -81,7 +81,7 @@ async fn a_failed_write_is_500_and_leaves_the_offset() {
         inner: FsStore::open(dir.path().join("blobs")).unwrap(),
         fail: AtomicBool::new(false),
     });
-    let state = Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
+    let state = Arc::new(EmbeddedStore::open(dir.path().join("state.db")).unwrap());
     let keys = Keyring::new([("ak".to_owned(), "sk".to_owned())]);
     let node = Node::new(
         store.clone(),

@@ -62,6 +62,10 @@ pub struct PutPolicy {
     pub object_size_max: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mime_limit: Option<String>,
+    /// upline's own: opaque data the token's minter attaches to the upload
+    /// session (the app API's upload record). Other servers ignore it.
+    #[serde(default, rename = "x:upline", skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 impl PutPolicy {

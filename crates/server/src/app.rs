@@ -103,7 +103,7 @@ impl App {
         };
         std::fs::create_dir_all(&cfg.data_dir).map_err(data_err)?;
         let blobs = FsStore::open(cfg.data_dir.join("blobs")).map_err(data_err)?;
-        let db_path = cfg.data_dir.join("state.redb");
+        let db_path = cfg.data_dir.join("state.db");
         let state = EmbeddedStore::open(&db_path).map_err(|source| StartError::State {
             path: db_path,
             source,

@@ -19,6 +19,244 @@ where
     md5_claims_and_object_md5(&fresh().await).await;
     idle_sessions_and_delete(&fresh().await).await;
     racing_advances_have_one_winner(Arc::new(fresh().await)).await;
+    tagged_completions_are_logged(&fresh().await).await;
+    administration_lists_and_deletes(&fresh().await).await;
+}
+
+async fn tagged_completions_are_logged(s: &dyn SessionStore) {
+    let tagged = |tag: Option<&str>| Advance {
+        start: Start::New {
+            bucket: "doc".into(),
+            object: "obj".into(),
+            content_type: "video/mp4".into(),
+            tag: tag.map(str::to_owned),
+        },
+        complete: Some(Completion { md5: None }),
+        ..new(3, 1)
+    };
+    s.advance("plain", tagged(None)).await.unwrap();
+    s.advance("t1", tagged(Some("app-a"))).await.unwrap();
+    s.advance(
+        "t2",
+        Advance {
+            complete: None,
+            ..tagged(Some("app-b"))
+        },
+    )
+    .await
+    .unwrap();
+    let log = s.completions(10).await.unwrap();
+    assert_eq!(log.len(), 1, "only completed, tagged sessions: {log:?}");
+    assert_eq!(
+        (log[0].1.ctx.as_str(), log[0].1.tag.as_deref()),
+        ("t1", Some("app-a"))
+    );
+    s.delete_session("t1").await.unwrap();
+    assert!(
+        s.get("t1").await.unwrap().is_some(),
+        "a pending completion keeps its session"
+    );
+    s.ack_completion(log[0].0).await.unwrap();
+    assert!(s.completions(10).await.unwrap().is_empty());
+    s.advance(
+        "t2",
+        Advance {
+            complete: Some(Completion { md5: None }),
+            ..at(3, 0, 2)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.completions(10).await.unwrap()[0].1.ctx, "t2");
+    s.delete_session("t1").await.unwrap();
+    assert!(s.get("t1").await.unwrap().is_none());
+}
+
+async fn administration_lists_and_deletes(s: &dyn SessionStore) {
+    let named = |object: &str| Advance {
+        start: Start::New {
+            bucket: "doc".into(),
+            object: object.into(),
+            content_type: "a/b".into(),
+            tag: None,
+        },
+        ..new(1, 1)
+    };
+    s.advance("open1", named("x")).await.unwrap();
+    s.advance("open2", Advance { now: 2, ..named("y") })
+        .await
+        .unwrap();
+    s.advance(
+        "done",
+        Advance {
+            complete: Some(Completion { md5: None }),
+            ..named("z")
+        },
+    )
+    .await
+    .unwrap();
+    let open: Vec<String> = s
+        .open_sessions(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.ctx)
+        .collect();
+    assert_eq!(open, ["open1", "open2"]);
+    let other = Advance {
+        start: Start::New {
+            bucket: "pics".into(),
+            object: "p".into(),
+            content_type: "a/b".into(),
+            tag: None,
+        },
+        complete: Some(Completion { md5: None }),
+        ..new(1, 1)
+    };
+    s.advance("other", other).await.unwrap();
+    assert_eq!(s.list_objects(None, 10).await.unwrap().len(), 2);
+    let docs = s.list_objects(Some("doc"), 10).await.unwrap();
+    assert_eq!(docs.iter().map(|o| o.object.as_str()).collect::<Vec<_>>(), ["z"]);
+    let gone = s.delete_object("doc", "z").await.unwrap().unwrap();
+    assert_eq!(gone.blob, "done");
+    assert!(s.get_object("doc", "z").await.unwrap().is_none());
+    assert!(s.delete_object("doc", "z").await.unwrap().is_none());
+}
+
+/// Runs every check of the app API's store on the stores `fresh` makes.
+pub async fn run_apps<S, F, Fut>(mut fresh: F)
+where
+    S: crate::AppStore,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    apps_and_callbacks(&fresh().await).await;
+    nonces_are_single_use_within_the_window(&fresh().await).await;
+    videos_are_recorded_once_with_their_notification(&fresh().await).await;
+}
+
+fn app_record(key: &str) -> crate::AppRecord {
+    crate::AppRecord {
+        app_key: key.into(),
+        name: format!("app {key}"),
+        secret_sealed: vec![1, 2, 3],
+        bucket: "vodabc".into(),
+        callback_url: None,
+        sign_key_sealed: None,
+        created_at: 5,
+    }
+}
+
+async fn apps_and_callbacks(s: &dyn crate::AppStore) {
+    s.create_app(&app_record("k1")).await.unwrap();
+    assert!(matches!(
+        s.create_app(&app_record("k1")).await,
+        Err(StateError::Exists)
+    ));
+    s.create_app(&app_record("k2")).await.unwrap();
+    assert_eq!(s.get_app("k1").await.unwrap().unwrap(), app_record("k1"));
+    assert!(s.get_app("nope").await.unwrap().is_none());
+    assert_eq!(s.list_apps().await.unwrap().len(), 2);
+    assert!(
+        s.set_app_callback("k1", "http://cb", Some(vec![9]))
+            .await
+            .unwrap()
+    );
+    assert!(!s.set_app_callback("nope", "http://cb", None).await.unwrap());
+    let a = s.get_app("k1").await.unwrap().unwrap();
+    assert_eq!(
+        (a.callback_url.as_deref(), a.sign_key_sealed),
+        (Some("http://cb"), Some(vec![9]))
+    );
+}
+
+async fn nonces_are_single_use_within_the_window(s: &dyn crate::AppStore) {
+    assert!(s.use_nonce("k", "n1", 100, 0).await.unwrap());
+    assert!(!s.use_nonce("k", "n1", 101, 0).await.unwrap(), "a replay");
+    assert!(
+        s.use_nonce("other", "n1", 101, 0).await.unwrap(),
+        "nonces are per app"
+    );
+    assert!(
+        s.use_nonce("k", "n1", 500, 400).await.unwrap(),
+        "forgotten after the window"
+    );
+}
+
+async fn videos_are_recorded_once_with_their_notification(s: &dyn crate::AppStore) {
+    let v = |ctx: &str, object: &str| crate::NewVideo {
+        ctx: ctx.into(),
+        app_key: "k".into(),
+        bucket: "vodabc".into(),
+        object: object.into(),
+        size: 10,
+        md5: "ab".into(),
+        content_type: "video/mp4".into(),
+        orig_name: "a.mp4".into(),
+        user_defined: Some("{\"x\":1}".into()),
+        initiated_at: 1,
+        completed_at: 2,
+    };
+    let first = s
+        .record_video(v("c1", "o1.mp4"), Some(("http://cb".into(), 50)))
+        .await
+        .unwrap();
+    let again = s
+        .record_video(v("c1", "o1.mp4"), Some(("http://cb".into(), 50)))
+        .await
+        .unwrap();
+    assert_eq!(first, again, "idempotent on the session");
+    let second = s.record_video(v("c2", "o2.mp4"), None).await.unwrap();
+    assert!(second.vid > first.vid);
+    assert_eq!(s.get_video(first.vid).await.unwrap().unwrap(), first);
+    let found = s
+        .videos_by_objects("k", &["o2.mp4".into(), "none".into(), "o1.mp4".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        vec![
+            ("o2.mp4".to_owned(), second.vid),
+            ("o1.mp4".to_owned(), first.vid)
+        ]
+    );
+    assert!(
+        s.videos_by_objects("other-app", &["o1.mp4".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert!(
+        s.due_notifications(49, 10).await.unwrap().is_empty(),
+        "not due yet"
+    );
+    let due = s.due_notifications(50, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "one notification, not two: {due:?}");
+    assert_eq!(
+        (due[0].vid, due[0].url.as_str(), due[0].attempts),
+        (first.vid, "http://cb", 0)
+    );
+    s.notification_failed(due[0].id, 80, "refused", false)
+        .await
+        .unwrap();
+    assert!(s.due_notifications(79, 10).await.unwrap().is_empty());
+    assert_eq!(s.due_notifications(80, 10).await.unwrap()[0].attempts, 1);
+    s.notification_failed(due[0].id, 90, "refused", true)
+        .await
+        .unwrap();
+    assert!(
+        s.due_notifications(1000, 10).await.unwrap().is_empty(),
+        "given up"
+    );
+    let third = s
+        .record_video(v("c3", "o3.mp4"), Some(("http://cb".into(), 60)))
+        .await
+        .unwrap();
+    let due = s.due_notifications(60, 10).await.unwrap();
+    assert_eq!(due[0].vid, third.vid);
+    s.notification_delivered(due[0].id).await.unwrap();
+    assert!(s.due_notifications(1000, 10).await.unwrap().is_empty());
 }
 
 /// An [`Advance`] that creates a session for `doc/obj`.
@@ -28,6 +266,7 @@ pub fn new(len: u64, now: i64) -> Advance {
             bucket: "doc".into(),
             object: "obj".into(),
             content_type: "video/mp4".into(),
+            tag: None,
         },
         chunk_len: len,
         md5_claim: None,

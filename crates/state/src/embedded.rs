@@ -1,26 +1,53 @@
-//! The embedded [`SessionStore`]: one redb file in the data directory.
+//! The embedded [`SessionStore`]: one SQLite file in the data directory.
 //!
-//! Why redb rather than SQLite: it is pure Rust (no C build, nothing to
-//! install), its write transactions are serialized — which makes the offset
-//! compare-and-swap trivially atomic — and a commit with the default
-//! `Durability::Immediate` is fsync'ed before it returns, which is what a
-//! 200 promises. Records are small JSON values, readable when debugging.
+//! Why SQLite (bundled, so nothing to install): it is transactional and
+//! durable (`journal_mode=WAL`, `synchronous=FULL`: a commit is fsync'ed
+//! before it returns, which is what a 200 promises), and — unlike redb,
+//! which locks its file to one process — several processes can use one
+//! database at once, so `upline app create` or `upline uploads list` work
+//! while the node runs. Its SQL is also the SQL of the PostgreSQL store.
+//!
+//! The offset compare-and-swap is an `UPDATE ... WHERE ctx = ? AND offset = ?`
+//! inside a `BEGIN IMMEDIATE` transaction.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{Advance, Advanced, ObjectRecord, Session, SessionStore, Start, StateError};
 
-const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-/// Keyed by `bucket/object`: a bucket name never contains '/'.
-const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+/// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
+pub(crate) const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
+        ctx TEXT PRIMARY KEY,
+        bucket TEXT NOT NULL,
+        object TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        offset INTEGER NOT NULL,
+        last_chunk_len INTEGER,
+        md5_claim TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        completed_at INTEGER,
+        tag TEXT
+    );
+    CREATE INDEX sessions_updated ON sessions (updated_at);
+    CREATE TABLE objects (
+        bucket TEXT NOT NULL,
+        object TEXT NOT NULL,
+        blob TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        md5 TEXT,
+        PRIMARY KEY (bucket, object)
+    );
+    CREATE TABLE completions (seq INTEGER PRIMARY KEY AUTOINCREMENT, ctx TEXT NOT NULL);"];
 
-/// A [`SessionStore`] in a redb file.
+/// A [`SessionStore`] in a SQLite file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    conn: Arc<Mutex<Connection>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -29,63 +56,120 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
-fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StateError {
+pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StateError {
     StateError::Backend(e.into())
 }
 
-fn object_key(bucket: &str, object: &str) -> String {
-    format!("{bucket}/{object}")
+const SESSION_COLUMNS: &str = "ctx, bucket, object, content_type, offset, last_chunk_len, md5_claim, created_at, updated_at, completed_at, tag";
+
+fn session(row: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
+    session_at(row, 0)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StateError> {
-    serde_json::from_slice(bytes).map_err(backend)
+/// A session from the row's columns `base..`, in [`SESSION_COLUMNS`] order.
+fn session_at(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Session> {
+    Ok(Session {
+        ctx: row.get(base)?,
+        bucket: row.get(base + 1)?,
+        object: row.get(base + 2)?,
+        content_type: row.get(base + 3)?,
+        offset: row.get::<_, i64>(base + 4)? as u64,
+        last_chunk_len: row.get::<_, Option<i64>>(base + 5)?.map(|n| n as u64),
+        md5_claim: row.get(base + 6)?,
+        created_at: row.get(base + 7)?,
+        updated_at: row.get(base + 8)?,
+        completed_at: row.get(base + 9)?,
+        tag: row.get(base + 10)?,
+    })
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("state records always serialize")
+const OBJECT_COLUMNS: &str = "bucket, object, blob, size, content_type, created_at, md5";
+
+fn object(row: &rusqlite::Row<'_>) -> rusqlite::Result<ObjectRecord> {
+    Ok(ObjectRecord {
+        bucket: row.get(0)?,
+        object: row.get(1)?,
+        blob: row.get(2)?,
+        size: row.get::<_, i64>(3)? as u64,
+        content_type: row.get(4)?,
+        created_at: row.get(5)?,
+        md5: row.get(6)?,
+    })
 }
 
 impl EmbeddedStore {
-    /// Opens (creating) the database file.
+    /// Opens (creating and migrating) the database file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StateError> {
-        let db = Database::create(path).map_err(backend)?;
-        let txn = db.begin_write().map_err(backend)?;
-        txn.open_table(SESSIONS).map_err(backend)?;
-        txn.open_table(OBJECTS).map_err(backend)?;
-        txn.commit().map_err(backend)?;
-        Ok(Self { db: Arc::new(db) })
+        let mut conn = Connection::open(path).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(backend)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     /// Runs blocking database work off the async runtime.
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T, StateError> + Send + 'static,
+        f: impl FnOnce(&mut Connection) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, StateError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(backend)?
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| backend("database connection poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(backend)?
     }
 }
 
-fn advance_txn(db: &Database, ctx: &str, change: Advance) -> Result<Advanced, StateError> {
-    let txn = db.begin_write().map_err(backend)?;
-    let outcome = {
-        let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
-        let current: Option<Session> = match sessions.get(ctx).map_err(backend)? {
-            Some(v) => Some(decode(v.value())?),
-            None => None,
-        };
-        let mut session = match (change.start, current) {
-            (Start::New { .. }, Some(_)) => return Err(StateError::Exists),
-            (
-                Start::New {
-                    bucket,
-                    object,
-                    content_type,
-                },
-                None,
-            ) => Session {
+fn migrate(conn: &mut Connection) -> Result<(), StateError> {
+    let all: Vec<&str> = MIGRATIONS
+        .iter()
+        .chain(crate::apps::MIGRATIONS)
+        .copied()
+        .collect();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let done: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)?;
+    for (i, sql) in all.iter().enumerate().skip(done as usize) {
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(backend)?;
+    }
+    tx.commit().map_err(backend)
+}
+
+fn advance_txn(conn: &mut Connection, ctx: &str, change: Advance) -> Result<Advanced, StateError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let current = tx
+        .query_row(
+            &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE ctx = ?1"),
+            [ctx],
+            session,
+        )
+        .optional()
+        .map_err(backend)?;
+    let mut s = match (change.start, current) {
+        (Start::New { .. }, Some(_)) => return Err(StateError::Exists),
+        (
+            Start::New {
+                bucket,
+                object,
+                content_type,
+                tag,
+            },
+            None,
+        ) => {
+            let s = Session {
                 ctx: ctx.to_owned(),
                 bucket,
                 object,
@@ -96,79 +180,103 @@ fn advance_txn(db: &Database, ctx: &str, change: Advance) -> Result<Advanced, St
                 created_at: change.now,
                 updated_at: change.now,
                 completed_at: None,
-            },
-            (Start::At(_), None) => return Err(StateError::NotFound),
-            (Start::At(_), Some(s)) if s.completed_at.is_some() => return Err(StateError::Completed),
-            (Start::At(expected), Some(s)) if s.offset != expected => {
-                return Err(StateError::Conflict { committed: s.offset });
-            }
-            (Start::At(_), Some(s)) => s,
-        };
-        session.offset += change.chunk_len;
-        session.last_chunk_len = Some(change.chunk_len);
-        session.updated_at = change.now;
-        if change.md5_claim.is_some() {
-            session.md5_claim = change.md5_claim;
-        }
-        let mut replaced = None;
-        if let Some(done) = change.complete {
-            session.completed_at = Some(change.now);
-            let record = ObjectRecord {
-                bucket: session.bucket.clone(),
-                object: session.object.clone(),
-                blob: ctx.to_owned(),
-                size: session.offset,
-                content_type: session.content_type.clone(),
-                created_at: change.now,
-                md5: done.md5,
+                tag,
             };
-            let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
-            let key = object_key(&session.bucket, &session.object);
-            if let Some(old) = objects
-                .insert(key.as_str(), encode(&record).as_slice())
-                .map_err(backend)?
-            {
-                replaced = Some(decode(old.value())?);
-            }
-        }
-        sessions
-            .insert(ctx, encode(&session).as_slice())
+            tx.execute(
+                &format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 0, NULL, NULL, ?5, ?5, NULL, ?6)"),
+                params![s.ctx, s.bucket, s.object, s.content_type, s.created_at, s.tag],
+            )
             .map_err(backend)?;
-        Advanced { session, replaced }
+            s
+        }
+        (Start::At(_), None) => return Err(StateError::NotFound),
+        (Start::At(_), Some(s)) if s.completed_at.is_some() => return Err(StateError::Completed),
+        (Start::At(expected), Some(s)) if s.offset != expected => {
+            return Err(StateError::Conflict { committed: s.offset });
+        }
+        (Start::At(_), Some(s)) => s,
     };
-    txn.commit().map_err(backend)?;
-    Ok(outcome)
+    let from = s.offset;
+    s.offset += change.chunk_len;
+    s.last_chunk_len = Some(change.chunk_len);
+    s.updated_at = change.now;
+    if change.md5_claim.is_some() {
+        s.md5_claim = change.md5_claim;
+    }
+    let mut replaced = None;
+    if let Some(done) = change.complete {
+        s.completed_at = Some(change.now);
+        replaced = tx
+            .query_row(
+                &format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ?1 AND object = ?2"),
+                params![s.bucket, s.object],
+                object,
+            )
+            .optional()
+            .map_err(backend)?;
+        tx.execute(
+            &format!("INSERT OR REPLACE INTO objects ({OBJECT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![
+                s.bucket,
+                s.object,
+                ctx,
+                s.offset as i64,
+                s.content_type,
+                change.now,
+                done.md5
+            ],
+        )
+        .map_err(backend)?;
+        if s.tag.is_some() {
+            tx.execute("INSERT INTO completions (ctx) VALUES (?1)", [ctx])
+                .map_err(backend)?;
+        }
+    }
+    let changed = tx
+        .execute(
+            "UPDATE sessions SET offset = ?1, last_chunk_len = ?2, md5_claim = ?3, updated_at = ?4, completed_at = ?5
+             WHERE ctx = ?6 AND offset = ?7",
+            params![s.offset as i64, s.last_chunk_len.map(|n| n as i64), s.md5_claim, s.updated_at, s.completed_at, ctx, from as i64],
+        )
+        .map_err(backend)?;
+    if changed != 1 {
+        return Err(backend("session changed under a write transaction"));
+    }
+    tx.commit().map_err(backend)?;
+    Ok(Advanced { session: s, replaced })
 }
 
 #[async_trait::async_trait]
 impl SessionStore for EmbeddedStore {
     async fn get(&self, ctx: &str) -> Result<Option<Session>, StateError> {
         let ctx = ctx.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let table = txn.open_table(SESSIONS).map_err(backend)?;
-            match table.get(ctx.as_str()).map_err(backend)? {
-                Some(v) => Ok(Some(decode(v.value())?)),
-                None => Ok(None),
-            }
+        self.blocking(move |c| {
+            c.query_row(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE ctx = ?1"),
+                [ctx],
+                session,
+            )
+            .optional()
+            .map_err(backend)
         })
         .await
     }
 
     async fn advance(&self, ctx: &str, change: Advance) -> Result<Advanced, StateError> {
         let ctx = ctx.to_owned();
-        self.blocking(move |db| advance_txn(db, &ctx, change)).await
+        self.blocking(move |c| advance_txn(c, &ctx, change)).await
     }
 
-    async fn get_object(&self, bucket: &str, object: &str) -> Result<Option<ObjectRecord>, StateError> {
-        let key = object_key(bucket, object);
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let table = txn.open_table(OBJECTS).map_err(backend)?;
-            match table.get(key.as_str()).map_err(backend)? {
-                Some(v) => Ok(Some(decode(v.value())?)),
-                None => Ok(None),
-            }
+    async fn get_object(&self, bucket: &str, object_name: &str) -> Result<Option<ObjectRecord>, StateError> {
+        let (b, o) = (bucket.to_owned(), object_name.to_owned());
+        self.blocking(move |c| {
+            c.query_row(
+                &format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ?1 AND object = ?2"),
+                [b, o],
+                object,
+            )
+            .optional()
+            .map_err(backend)
         })
         .await
     }
@@ -180,61 +288,126 @@ impl SessionStore for EmbeddedStore {
         blob: &str,
         md5: &str,
     ) -> Result<bool, StateError> {
-        let (key, blob, md5) = (object_key(bucket, object), blob.to_owned(), md5.to_owned());
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            let updated = {
-                let mut table = txn.open_table(OBJECTS).map_err(backend)?;
-                let current: Option<ObjectRecord> = match table.get(key.as_str()).map_err(backend)? {
-                    Some(v) => Some(decode(v.value())?),
-                    None => None,
-                };
-                match current {
-                    Some(mut rec) if rec.blob == blob => {
-                        rec.md5 = Some(md5);
-                        table
-                            .insert(key.as_str(), encode(&rec).as_slice())
-                            .map_err(backend)?;
-                        true
-                    }
-                    _ => false,
-                }
-            };
-            txn.commit().map_err(backend)?;
-            Ok(updated)
+        let args = [
+            bucket.to_owned(),
+            object.to_owned(),
+            blob.to_owned(),
+            md5.to_owned(),
+        ];
+        self.blocking(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE objects SET md5 = ?4 WHERE bucket = ?1 AND object = ?2 AND blob = ?3",
+                    args,
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
         })
         .await
     }
 
     async fn idle_sessions(&self, before: i64, limit: usize) -> Result<Vec<Session>, StateError> {
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let table = txn.open_table(SESSIONS).map_err(backend)?;
-            let mut out = Vec::new();
-            for row in table.iter().map_err(backend)? {
-                let (_, v) = row.map_err(backend)?;
-                let s: Session = decode(v.value())?;
-                if s.updated_at < before {
-                    out.push(s);
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-            }
-            Ok(out)
+        self.blocking(move |c| {
+            let mut stmt = c
+                .prepare(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE updated_at < ?1 ORDER BY updated_at LIMIT ?2"))
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![before, limit as i64], session).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
         })
         .await
     }
 
     async fn delete_session(&self, ctx: &str) -> Result<(), StateError> {
         let ctx = ctx.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            txn.open_table(SESSIONS)
-                .map_err(backend)?
-                .remove(ctx.as_str())
+        self.blocking(move |c| {
+            // A completion not yet handled keeps its session.
+            c.execute(
+                "DELETE FROM sessions WHERE ctx = ?1 AND ctx NOT IN (SELECT ctx FROM completions)",
+                [ctx],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn open_sessions(&self, limit: usize) -> Result<Vec<Session>, StateError> {
+        self.blocking(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE completed_at IS NULL ORDER BY created_at, ctx LIMIT ?1"
+                ))
                 .map_err(backend)?;
-            txn.commit().map_err(backend)?;
+            let rows = stmt.query_map([limit as i64], session).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_objects(
+        &self,
+        bucket: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectRecord>, StateError> {
+        let bucket = bucket.map(str::to_owned);
+        self.blocking(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {OBJECT_COLUMNS} FROM objects WHERE ?1 IS NULL OR bucket = ?1 ORDER BY bucket, object LIMIT ?2"
+                ))
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![bucket, limit as i64], object).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_object(
+        &self,
+        bucket: &str,
+        object_name: &str,
+    ) -> Result<Option<ObjectRecord>, StateError> {
+        let (b, o) = (bucket.to_owned(), object_name.to_owned());
+        self.blocking(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let rec = tx
+                .query_row(
+                    &format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ?1 AND object = ?2"),
+                    [&b, &o],
+                    object,
+                )
+                .optional()
+                .map_err(backend)?;
+            tx.execute("DELETE FROM objects WHERE bucket = ?1 AND object = ?2", [&b, &o])
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    async fn completions(&self, limit: usize) -> Result<Vec<(i64, Session)>, StateError> {
+        self.blocking(move |c| {
+            let cols = SESSION_COLUMNS.split(", ").map(|col| format!("s.{col}")).collect::<Vec<_>>().join(", ");
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT c.seq, {cols} FROM completions c JOIN sessions s ON s.ctx = c.ctx ORDER BY c.seq LIMIT ?1"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([limit as i64], |row| Ok((row.get(0)?, session_at(row, 1)?)))
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn ack_completion(&self, seq: i64) -> Result<(), StateError> {
+        self.blocking(move |c| {
+            c.execute("DELETE FROM completions WHERE seq = ?1", [seq])
+                .map_err(backend)?;
             Ok(())
         })
         .await

@@ -10,9 +10,11 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod apps;
 pub mod conformance;
 pub mod embedded;
 
+pub use apps::{AppRecord, AppStore, NewVideo, Notification, Video};
 pub use embedded::EmbeddedStore;
 
 /// One upload session.
@@ -35,6 +37,9 @@ pub struct Session {
     /// Unix seconds of the last commit; idle sessions are collected by it.
     pub updated_at: i64,
     pub completed_at: Option<i64>,
+    /// Opaque data the creator attached (the app API's upload record);
+    /// completions of tagged sessions are logged for [`SessionStore::completions`].
+    pub tag: Option<String>,
 }
 
 /// A published object: which blob holds `bucket/object`, and its metadata.
@@ -60,6 +65,8 @@ pub enum Start {
         bucket: String,
         object: String,
         content_type: String,
+        /// See [`Session::tag`].
+        tag: Option<String>,
     },
     /// The committed offset the caller saw; the swap fails if it moved.
     At(u64),
@@ -144,5 +151,24 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn idle_sessions(&self, before: i64, limit: usize) -> Result<Vec<Session>, StateError>;
 
     /// Forgets a session (never its object record); a missing one is `Ok`.
+    /// A session whose completion is still in the log is kept.
     async fn delete_session(&self, ctx: &str) -> Result<(), StateError>;
+
+    /// Sessions not yet complete, oldest first (administration).
+    async fn open_sessions(&self, limit: usize) -> Result<Vec<Session>, StateError>;
+
+    /// Published objects, by bucket and name (administration).
+    async fn list_objects(&self, bucket: Option<&str>, limit: usize)
+    -> Result<Vec<ObjectRecord>, StateError>;
+
+    /// Removes an object's record and returns it (its blob is the caller's).
+    async fn delete_object(&self, bucket: &str, object: &str) -> Result<Option<ObjectRecord>, StateError>;
+
+    /// Completions of tagged sessions not yet acknowledged, in order, with
+    /// their sequence numbers. The log entry is written in the same
+    /// transaction that completes the session, so none is ever lost.
+    async fn completions(&self, limit: usize) -> Result<Vec<(i64, Session)>, StateError>;
+
+    /// Removes one entry of the completion log.
+    async fn ack_completion(&self, seq: i64) -> Result<(), StateError>;
 }

@@ -1,4 +1,4 @@
-//! The shared SessionStore suite against the embedded redb store.
+//! The shared SessionStore suite against the embedded SQLite store.
 
 use upline_state::{EmbeddedStore, SessionStore, conformance};
 
@@ -7,7 +7,19 @@ async fn embedded_store_conforms() {
     let dirs = std::sync::Mutex::new(Vec::new());
     conformance::run_all(|| {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path().join("state.redb")).unwrap();
+        let store = EmbeddedStore::open(dir.path().join("state.db")).unwrap();
+        dirs.lock().unwrap().push(dir);
+        async move { store }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_app_store_conforms() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    conformance::run_apps(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path().join("state.db")).unwrap();
         dirs.lock().unwrap().push(dir);
         async move { store }
     })
@@ -15,9 +27,22 @@ async fn embedded_store_conforms() {
 }
 
 #[tokio::test]
+async fn two_processes_can_share_the_database() {
+    // Two handles stand for the node and `upline app create` at once.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let node = EmbeddedStore::open(&path).unwrap();
+    let admin = EmbeddedStore::open(&path).unwrap();
+    node.advance("c", conformance::new(42, 1)).await.unwrap();
+    assert_eq!(admin.get("c").await.unwrap().unwrap().offset, 42);
+    admin.advance("c", conformance::at(42, 1, 2)).await.unwrap();
+    assert_eq!(node.get("c").await.unwrap().unwrap().offset, 43);
+}
+
+#[tokio::test]
 async fn commits_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.redb");
+    let path = dir.path().join("state.db");
     {
         let s = EmbeddedStore::open(&path).unwrap();
         s.advance("c", conformance::new(42, 1)).await.unwrap();
