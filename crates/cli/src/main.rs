@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use upline_proto::PutPolicy;
 
+mod admin;
 mod settings;
 mod upload;
 
@@ -28,6 +29,17 @@ enum Command {
     Token(TokenArgs),
     /// Upload files, resumably (re-run the same command to resume).
     Upload(upload::UploadArgs),
+    /// Apps of the backend API.
+    #[command(subcommand)]
+    App(admin::AppCmd),
+    /// Print a signed download URL for an object.
+    Url(admin::UrlArgs),
+    /// Uploads in progress.
+    #[command(subcommand)]
+    Uploads(admin::UploadsCmd),
+    /// Published objects.
+    #[command(subcommand)]
+    Objects(admin::ObjectsCmd),
 }
 
 #[derive(clap::Args, Serialize)]
@@ -73,6 +85,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
         Command::Upload(args) => upload::run(args),
+        Command::App(cmd) => admin::app(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Url(args) => admin::url(args).map(|()| ExitCode::SUCCESS),
+        Command::Uploads(cmd) => admin::uploads(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Objects(cmd) => admin::objects(cmd).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,8 @@ pub enum CoreError {
     ChunkTooLarge { limit: u64 },
     #[error("unknown context")]
     UnknownCtx,
+    #[error("no such object")]
+    NoSuchObject,
     #[error("context belongs to another bucket or object")]
     CtxMismatch,
     #[error("offset mismatch: committed offset is {committed}")]
@@ -48,7 +50,7 @@ impl CoreError {
             | CoreError::BodyIncomplete(_)
             | CoreError::Superseded => 400,
             CoreError::Token(_) => 403,
-            CoreError::UnknownCtx => 404,
+            CoreError::UnknownCtx | CoreError::NoSuchObject => 404,
             CoreError::Internal(_) => 500,
             CoreError::CallbackFailed(_) => 520,
         }

@@ -138,6 +138,11 @@ impl Node {
         }
     }
 
+    /// The credential pairs this node accepts.
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }

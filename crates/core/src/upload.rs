@@ -368,6 +368,19 @@ impl Node {
         Ok(self.state.get_object(bucket, object).await?)
     }
 
+    /// The object's MD5, computed from its bytes (and recorded) if the
+    /// background computation has not done it yet.
+    pub async fn object_md5_of(&self, record: &ObjectRecord) -> Result<String, CoreError> {
+        if let Some(md5) = &record.md5 {
+            return Ok(md5.clone());
+        }
+        let md5 = blob_md5(self.blobs.as_ref(), &record.blob, record.size).await?;
+        self.state
+            .set_object_md5(&record.bucket, &record.object, &record.blob, &md5)
+            .await?;
+        Ok(md5)
+    }
+
     /// Streams `len` bytes from `offset` of a published object.
     pub async fn read_object(
         &self,

@@ -11,6 +11,7 @@ pub mod md5;
 pub mod names;
 pub mod path;
 pub mod query;
+pub mod signed_url;
 pub mod token;
 
 pub use body::{ErrorBody, LbsError, LbsOk, QueryOk, UploadOk};

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
+use upline_apps::{AppConfig, AppService, Sealer};
 use upline_core::{Config, Keyring, Node};
 use upline_state::EmbeddedStore;
 use upline_storage::FsStore;
@@ -62,12 +63,15 @@ pub enum StartError {
     Recover(#[source] upline_core::CoreError),
     #[error("cannot build the callback HTTP client: {0}")]
     Http(#[source] reqwest::Error),
+    #[error("master key: {0}")]
+    MasterKey(#[from] crate::secrets::KeyError),
 }
 
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub node: Arc<Node>,
+    pub apps: Arc<AppService>,
     pub cfg: Arc<ServerConfig>,
 }
 
@@ -76,6 +80,7 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     router: Router,
+    notifier: Arc<crate::callback::HttpCallbacks>,
 }
 
 /// Unix time in seconds.
@@ -97,6 +102,23 @@ impl App {
         {
             return Err(StartError::PublicUrl(url.clone()));
         }
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        // Links this node hands out (origAddr) need the real port when
+        // listening on port 0; set public_url when listening on 0.0.0.0.
+        let bound = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+        let base_url = cfg
+            .public_url
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("http://{bound}"));
         let data_err = |source| StartError::DataDir {
             path: cfg.data_dir.clone(),
             source,
@@ -104,10 +126,10 @@ impl App {
         std::fs::create_dir_all(&cfg.data_dir).map_err(data_err)?;
         let blobs = FsStore::open(cfg.data_dir.join("blobs")).map_err(data_err)?;
         let db_path = cfg.data_dir.join("state.db");
-        let state = EmbeddedStore::open(&db_path).map_err(|source| StartError::State {
+        let state = Arc::new(EmbeddedStore::open(&db_path).map_err(|source| StartError::State {
             path: db_path,
             source,
-        })?;
+        })?);
         let keys = Keyring::new(
             cfg.credentials
                 .iter()
@@ -119,27 +141,42 @@ impl App {
             session_ttl: cfg.session_ttl_secs as i64,
             callback_timeout: Duration::from_secs(cfg.callback_timeout_secs),
         };
-        let callbacks = crate::callback::HttpCallbacks::new().map_err(StartError::Http)?;
+        let callbacks = Arc::new(crate::callback::HttpCallbacks::new().map_err(StartError::Http)?);
         let node = Arc::new(Node::new(
             Arc::new(blobs),
-            Arc::new(state),
+            state.clone(),
             keys,
-            Arc::new(callbacks),
+            callbacks.clone(),
             core_cfg,
+        ));
+        let sealer = Sealer::new(&crate::secrets::master_key(&cfg)?);
+        let signing = (
+            cfg.credentials[0].access_key.clone(),
+            cfg.credentials[0].secret_key.clone(),
+        );
+        let app_cfg = AppConfig {
+            token_ttl_secs: cfg.app_token_ttl_secs as i64,
+            public_url: base_url,
+            notify_for_secs: cfg.notify_for_secs as i64,
+            notify_base_delay_secs: cfg.notify_base_delay_secs as i64,
+            ..AppConfig::default()
+        };
+        let apps = Arc::new(AppService::new(
+            state.clone(),
+            state,
+            node.clone(),
+            sealer,
+            signing,
+            app_cfg,
         ));
         let fixed = node.recover().await.map_err(StartError::Recover)?;
         if fixed > 0 {
             tracing::info!(fixed, "storage recovered after an unclean stop");
         }
         let cors = cors_layer(&cfg.cors_origins)?;
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: cfg.listen,
-                source,
-            })?;
         let state = AppState {
             node,
+            apps,
             cfg: Arc::new(cfg),
         };
         let router = Router::new()
@@ -150,6 +187,7 @@ impl App {
             listener,
             state,
             router,
+            notifier: callbacks,
         })
     }
 
@@ -175,6 +213,11 @@ impl App {
         let collector = tokio::spawn(collect_forever(
             self.state.node.clone(),
             cfg.collect_interval_secs,
+        ));
+        let worker = tokio::spawn(app_worker(
+            self.state.apps.clone(),
+            self.notifier.clone(),
+            cfg.worker_interval_ms,
         ));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -217,7 +260,9 @@ impl App {
         }
         drop(self.listener);
         collector.abort();
+        worker.abort();
         let _ = collector.await;
+        let _ = worker.await;
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
         tracing::info!(?grace, "shutting down: letting requests in flight finish");
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
@@ -240,6 +285,21 @@ async fn collect_forever(node: Arc<Node>, every_secs: u64) {
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "collection failed"),
+        }
+    }
+}
+
+/// Turns logged completions into videos and delivers due notifications.
+async fn app_worker(apps: Arc<AppService>, notifier: Arc<crate::callback::HttpCallbacks>, every_ms: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(every_ms.max(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = apps.process_completions(unix_now()).await {
+            tracing::error!(error = %crate::render::chain(&e), "processing completions failed");
+        }
+        if let Err(e) = apps.deliver_due(notifier.as_ref(), unix_now()).await {
+            tracing::error!(error = %crate::render::chain(&e), "delivering notifications failed");
         }
     }
 }
@@ -280,6 +340,11 @@ async fn dispatch(State(app): State<AppState>, req: Request) -> Response {
             Endpoint::Stat => handlers::stat(req.into_body()).await,
             Endpoint::Upload(path, params) => handlers::upload(&app, &rid, path, params, req).await,
             Endpoint::Resume(path, params) => handlers::resume(&app, &rid, path, params, req.headers()).await,
+            Endpoint::Download { path, head } => {
+                let query = req.uri().query().unwrap_or("").to_owned();
+                crate::download::handle(&app, &rid, path, head, &query, req.headers()).await
+            }
+            Endpoint::AppApi(call) => crate::appapi::handle(&app, call, req).await,
             Endpoint::Refused(msg) => handlers::refused(&rid, StatusCode::BAD_REQUEST, msg),
             Endpoint::NotFound => handlers::refused(&rid, StatusCode::NOT_FOUND, "no such endpoint".into()),
         };

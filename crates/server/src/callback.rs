@@ -57,3 +57,24 @@ impl upline_core::CallbackSender for HttpCallbacks {
             .unwrap_or_else(|_| Err(format!("callback timed out after {timeout:?}")))
     }
 }
+
+#[async_trait::async_trait]
+impl upline_apps::Notifier for HttpCallbacks {
+    async fn notify(&self, url: &str, body: &str, sign: &str, timeout: Duration) -> Result<(), String> {
+        let resp = self
+            .client
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("sign", sign)
+            .body(body.to_owned())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| format!("notification request failed: {}", e.without_url()))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("notification answered {}", resp.status()))
+        }
+    }
+}

@@ -6,11 +6,32 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// A secret value from the configuration: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// One credential pair tokens may be signed with.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credential {
     pub access_key: String,
     pub secret_key: String,
+}
+
+impl ServerConfig {
+    /// The base URL of this node for links it hands out.
+    pub fn base_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -53,6 +74,21 @@ pub struct ServerConfig {
     pub credentials: Vec<Credential>,
     /// The bucket `upline upload` uses when `--bucket` is not given.
     pub default_bucket: String,
+    /// Buckets whose objects anyone may download.
+    pub public_buckets: Vec<String>,
+    /// 64 hex digits sealing app secrets at rest; default: generated once
+    /// into `DATA_DIR/master.key` (mode 0600). Nodes sharing a database
+    /// must share it.
+    pub master_key: Option<Secret>,
+    /// Lifetime of the upload tokens the app API's init returns.
+    pub app_token_ttl_secs: u64,
+    /// How long a notification to an app is retried.
+    pub notify_for_secs: u64,
+    /// First retry delay of a notification (doubling, at most 10 minutes).
+    pub notify_base_delay_secs: u64,
+    /// Milliseconds between passes of the app API's worker (completions,
+    /// notifications).
+    pub worker_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +107,12 @@ impl Default for ServerConfig {
             header_timeout_secs: 30,
             credentials: Vec::new(),
             default_bucket: "uploads".into(),
+            public_buckets: Vec::new(),
+            master_key: None,
+            app_token_ttl_secs: 24 * 3600,
+            notify_for_secs: 24 * 3600,
+            notify_base_delay_secs: 5,
+            worker_interval_ms: 1000,
         }
     }
 }

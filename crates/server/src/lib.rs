@@ -5,12 +5,15 @@
 //! their status codes and JSON bodies. [`App`] owns the accept loop.
 
 pub mod app;
+pub mod appapi;
 pub mod callback;
 pub mod config;
+pub mod download;
 pub mod handlers;
 pub mod render;
 pub mod routes;
+pub mod secrets;
 pub mod testing;
 
 pub use app::{App, StartError, unix_now};
-pub use config::{Credential, ServerConfig};
+pub use config::{Credential, Secret, ServerConfig};

@@ -46,7 +46,7 @@ pub fn lbs_error(e: &QueryError) -> Response {
 }
 
 /// `error: cause: cause ...` on one line.
-fn chain(e: &dyn std::error::Error) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

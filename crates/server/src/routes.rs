@@ -7,6 +7,14 @@
 use axum::http::{Method, Uri};
 use upline_proto::{LbsParams, ObjectPath, QueryError, ResumeParams, UploadParams};
 
+/// The calls of the app backend's API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppCall {
+    Init,
+    Query,
+    SetCallback,
+}
+
 /// What a request asks for.
 #[derive(Debug)]
 pub enum Endpoint {
@@ -17,6 +25,13 @@ pub enum Endpoint {
     Stat,
     Upload(ObjectPath, UploadParams),
     Resume(ObjectPath, ResumeParams),
+    /// `GET`/`HEAD` of a published object (`head` for HEAD).
+    Download {
+        path: ObjectPath,
+        head: bool,
+    },
+    /// The app backend's API (`POST /app/vod/...`).
+    AppApi(AppCall),
     /// A request the protocol knows but refuses (400, with this message).
     Refused(String),
     NotFound,
@@ -33,15 +48,28 @@ impl Endpoint {
             (&Method::GET, "/lbs") => Endpoint::Lbs(LbsParams::parse(query)),
             // The mobile SDKs' statistics; "stat/sdk" is then no upload path.
             (&Method::POST, "/stat/sdk") if !has_offset() => Endpoint::Stat,
+            // The app API shares the path space with bucket "app"; a chunk
+            // upload always has an offset, an API call never.
+            (&Method::POST, "/app/vod/upload/init") if !has_offset() => Endpoint::AppApi(AppCall::Init),
+            (&Method::POST, "/app/vod/video/query") if !has_offset() => Endpoint::AppApi(AppCall::Query),
+            (&Method::POST, "/app/vod/callback/setUrl") if !has_offset() => {
+                Endpoint::AppApi(AppCall::SetCallback)
+            }
             (&Method::POST, _) => Self::object(path, |p| {
                 UploadParams::parse(query).map(|q| Endpoint::Upload(p, q))
             }),
             (&Method::GET, _) if is_resume(query) => Self::object(path, |p| {
                 ResumeParams::parse(query).map(|q| Endpoint::Resume(p, q))
             }),
-            (&Method::GET, _) if ObjectPath::parse(path).is_ok() => Endpoint::Refused(
-                "downloads are not served here; add ?uploadContext to query a resume point".into(),
-            ),
+            (&Method::GET | &Method::HEAD, _) if path.matches('/').count() >= 2 => {
+                match ObjectPath::parse(path) {
+                    Ok(p) => Endpoint::Download {
+                        path: p,
+                        head: method == Method::HEAD,
+                    },
+                    Err(e) => Endpoint::Refused(e.to_string()),
+                }
+            }
             _ => Endpoint::NotFound,
         }
     }
@@ -93,7 +121,34 @@ mod tests {
             parse(Method::GET, "/doc/x?uploadContext&context=c&version=1.0"),
             Endpoint::Resume(..)
         ));
-        assert!(matches!(parse(Method::GET, "/doc/x"), Endpoint::Refused(_)));
+        assert!(matches!(
+            parse(Method::GET, "/doc/x"),
+            Endpoint::Download { head: false, .. }
+        ));
+        assert!(matches!(
+            parse(Method::HEAD, "/doc/x?AccessKey=a"),
+            Endpoint::Download { head: true, .. }
+        ));
+        assert!(matches!(parse(Method::GET, "/doc/%zz"), Endpoint::Refused(_)));
+        assert!(matches!(
+            parse(Method::POST, "/app/vod/upload/init"),
+            Endpoint::AppApi(AppCall::Init)
+        ));
+        assert!(matches!(
+            parse(Method::POST, "/app/vod/video/query"),
+            Endpoint::AppApi(AppCall::Query)
+        ));
+        assert!(matches!(
+            parse(Method::POST, "/app/vod/callback/setUrl"),
+            Endpoint::AppApi(AppCall::SetCallback)
+        ));
+        assert!(matches!(
+            parse(
+                Method::POST,
+                "/app/vod/upload/init?offset=0&complete=true&version=1.0"
+            ),
+            Endpoint::Upload(..)
+        ));
         assert!(matches!(
             parse(Method::POST, "/doc/x?offset=0"),
             Endpoint::Refused(_)

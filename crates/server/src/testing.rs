@@ -78,6 +78,21 @@ impl TestServer {
         let _ = (&mut self.task).await;
     }
 
+    /// Creates an app of the backend API, as `upline app create` does (a
+    /// second handle on the node's database, sharing its master key).
+    pub async fn create_app(&self, name: &str) -> upline_apps::NewApp {
+        let cfg = ServerConfig {
+            data_dir: self.data_dir(),
+            ..Default::default()
+        };
+        let state =
+            upline_state::EmbeddedStore::open(self.tmp.path().join("state.db")).expect("database opens");
+        let sealer = upline_apps::Sealer::new(&crate::secrets::master_key(&cfg).expect("master key"));
+        upline_apps::create_app(&state, &sealer, name, None, crate::unix_now())
+            .await
+            .expect("app created")
+    }
+
     /// The published bytes of `bucket/object`, if it exists.
     pub async fn object_bytes(&self, bucket: &str, object: &str) -> Option<Vec<u8>> {
         let rec = self.node.object(bucket, object).await.expect("state readable")?;

@@ -493,9 +493,11 @@ async fn lbs_stat_health_and_cors() {
         .unwrap();
     assert_eq!(
         r.status(),
-        400,
-        "GET of an object without uploadContext is refused in JSON"
+        403,
+        "a download without a credential is refused in JSON"
     );
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert!(b["errMsg"].is_string());
     n.stop().await;
 }
 

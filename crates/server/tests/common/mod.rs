@@ -134,6 +134,10 @@ impl<'a> Chunk<'a> {
 }
 
 impl TestNode {
+    pub fn srv(&self) -> &TestServer {
+        &self.srv
+    }
+
     pub async fn stop(self) {
         self.srv.stop().await
     }

@@ -1,0 +1,162 @@
+//! `GET`/`HEAD /{bucket}/{object}`: published objects, with byte ranges.
+//! Private unless the bucket is public-read: a token for the object in
+//! `x-nos-token`, or a signed URL (`upline url`), grants access.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use upline_core::CoreError;
+use upline_proto::{ObjectPath, TokenError};
+
+use crate::app::{AppState, unix_now};
+use crate::render::{self, RequestId};
+
+/// A `Range` header resolved against an object's size.
+#[derive(Debug, PartialEq, Eq)]
+enum Span {
+    Whole,
+    Part { start: u64, end: u64 },
+    Unsatisfiable,
+}
+
+/// One `bytes=` range; anything else (several ranges, bad syntax) is
+/// ignored and the whole object sent, as RFC 9110 allows.
+fn span(range: Option<&str>, size: u64) -> Span {
+    let Some(spec) = range.and_then(|r| r.trim().strip_prefix("bytes=")) else {
+        return Span::Whole;
+    };
+    if spec.contains(',') {
+        return Span::Whole;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Span::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| s.parse::<u64>().ok();
+    let (start, end) = match (a.is_empty(), b.is_empty()) {
+        (false, true) => match num(a) {
+            Some(s) => (s, size.saturating_sub(1)),
+            None => return Span::Whole,
+        },
+        (false, false) => match (num(a), num(b)) {
+            (Some(s), Some(e)) if s <= e => (s, e.min(size.saturating_sub(1))),
+            _ => return Span::Whole,
+        },
+        (true, false) => match num(b) {
+            Some(0) => return Span::Unsatisfiable,
+            Some(n) => (size.saturating_sub(n), size.saturating_sub(1)),
+            None => return Span::Whole,
+        },
+        (true, true) => return Span::Whole,
+    };
+    if size == 0 || start >= size {
+        Span::Unsatisfiable
+    } else {
+        Span::Part { start, end }
+    }
+}
+
+fn authorize(app: &AppState, path: &ObjectPath, query: &str, headers: &HeaderMap) -> Result<(), CoreError> {
+    if app.cfg.public_buckets.iter().any(|b| b == path.bucket.as_str()) {
+        return Ok(());
+    }
+    let now = unix_now();
+    if upline_proto::signed_url::is_signed(query) {
+        let keys = app.node.keys();
+        return Ok(upline_proto::signed_url::verify(
+            query,
+            path.bucket.as_str(),
+            path.object.as_str(),
+            |ak| keys.secret(ak),
+            now,
+        )?);
+    }
+    let token = headers
+        .get(upline_proto::TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if token.is_none() {
+        return Err(TokenError::Missing.into());
+    }
+    app.node.authorize(token, path, now).map(|_| ())
+}
+
+pub async fn handle(
+    app: &AppState,
+    rid: &RequestId,
+    path: ObjectPath,
+    head: bool,
+    query: &str,
+    headers: &HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(app, &path, query, headers) {
+        return render::core_error(rid, &e);
+    }
+    let record = match app.node.object(path.bucket.as_str(), path.object.as_str()).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return render::core_error(rid, &CoreError::NoSuchObject),
+        Err(e) => return render::core_error(rid, &e),
+    };
+    let md5 = match app.node.object_md5_of(&record).await {
+        Ok(m) => m,
+        Err(e) => return render::core_error(rid, &e),
+    };
+    let size = record.size;
+    let (status, start, len) = match span(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size) {
+        Span::Whole => (StatusCode::OK, 0, size),
+        Span::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        Span::Unsatisfiable => {
+            let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_RANGE, value(&format!("bytes */{size}")));
+            return resp;
+        }
+    };
+    let body = if head || len == 0 {
+        Body::empty()
+    } else {
+        match app.node.read_object(&record, start, len).await {
+            Ok(stream) => Body::from_stream(stream),
+            Err(e) => return render::core_error(rid, &e),
+        }
+    };
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, value(&record.content_type));
+    h.insert(header::CONTENT_LENGTH, value(&len.to_string()));
+    h.insert(header::ETAG, value(&format!("\"{md5}\"")));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let modified = std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.created_at.max(0) as u64);
+    h.insert(header::LAST_MODIFIED, value(&httpdate::fmt_http_date(modified)));
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(
+            header::CONTENT_RANGE,
+            value(&format!("bytes {start}-{}/{size}", start + len - 1)),
+        );
+    }
+    resp
+}
+
+fn value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(span(None, 10), Span::Whole);
+        assert_eq!(span(Some("bytes=0-4"), 10), Span::Part { start: 0, end: 4 });
+        assert_eq!(span(Some("bytes=5-"), 10), Span::Part { start: 5, end: 9 });
+        assert_eq!(span(Some("bytes=-3"), 10), Span::Part { start: 7, end: 9 });
+        assert_eq!(span(Some("bytes=-30"), 10), Span::Part { start: 0, end: 9 });
+        assert_eq!(span(Some("bytes=8-100"), 10), Span::Part { start: 8, end: 9 });
+        assert_eq!(span(Some("bytes=10-"), 10), Span::Unsatisfiable);
+        assert_eq!(span(Some("bytes=-0"), 10), Span::Unsatisfiable);
+        assert_eq!(span(Some("bytes=0-"), 0), Span::Unsatisfiable);
+        assert_eq!(span(Some("bytes=0-1,3-4"), 10), Span::Whole);
+        assert_eq!(span(Some("bytes=5-2"), 10), Span::Whole);
+        assert_eq!(span(Some("items=0-1"), 10), Span::Whole);
+    }
+}
