@@ -203,25 +203,33 @@ impl Upload<'_> {
         });
     }
 
-    async fn read(&self, offset: u64, len: u64) -> Result<Bytes, UploadError> {
+    /// Runs blocking reads of the local file off the async runtime.
+    async fn on_file<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, UploadError> {
         let file = self.file.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0; len as usize];
-            file.read_exact_at(&mut buf, offset).map(|_| Bytes::from(buf))
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
+        let r = tokio::task::spawn_blocking(move || f(&file))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
         r.map_err(|source| UploadError::File {
             path: self.path.display().to_string(),
             source,
         })
     }
 
+    async fn read(&self, offset: u64, len: u64) -> Result<Bytes, UploadError> {
+        self.on_file(move |file| {
+            let mut buf = vec![0; len as usize];
+            file.read_exact_at(&mut buf, offset).map(|_| Bytes::from(buf))
+        })
+        .await
+    }
+
     /// MD5 state over the file's first `upto` bytes, read locally.
     async fn hash_prefix(&self, upto: u64) -> Result<Md5, UploadError> {
-        let file = self.file.clone();
-        let r = tokio::task::spawn_blocking(move || {
+        self.on_file(move |file| {
             let mut h = Md5::new();
             let mut buf = vec![0; 1 << 20];
             let mut at = 0;
@@ -234,12 +242,6 @@ impl Upload<'_> {
             Ok(h)
         })
         .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
-        r.map_err(|source| UploadError::File {
-            path: self.path.display().to_string(),
-            source,
-        })
     }
 
     async fn node_url(&self) -> Result<String, UploadError> {

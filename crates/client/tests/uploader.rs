@@ -13,7 +13,7 @@ use upline_client::{ChunkPolicy, Event, RetryPolicy, UploadError, Uploader};
 use upline_proto::PutPolicy;
 use upline_server::unix_now;
 
-use upline_server::testing::{ACCESS_KEY as AK, SECRET_KEY as SK, TestServer as Server};
+use upline_server::testing::{ACCESS_KEY as AK, SECRET_KEY as SK, TestServer as Server, data};
 
 async fn server() -> Server {
     Server::start(|_| {}).await
@@ -27,18 +27,6 @@ impl Stored for Server {
     async fn stored(&self, object: &str) -> Vec<u8> {
         self.object_bytes("doc", object).await.expect("object published")
     }
-}
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn quick_retries() -> RetryPolicy {

@@ -1,6 +1,6 @@
 //! The real `upline` binary as a child process, and helpers shared by
 //! the command line's tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use upline_proto::PutPolicy;
+pub use upline_server::testing::data;
 
 pub const AK: &str = "proc-test-access";
 pub const SK: &str = "proc-test-secret-do-not-log";
@@ -93,18 +94,6 @@ pub fn token(object: &str) -> String {
         ..Default::default()
     }
     .sign(AK, SK.as_bytes())
-}
-
-pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// Where a published object's bytes are on disk, by its session context.

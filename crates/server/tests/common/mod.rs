@@ -15,6 +15,11 @@ use upline_server::{ServerConfig, unix_now};
 
 pub use upline_server::testing::{ACCESS_KEY as AK, SECRET_KEY as SK};
 
+/// Deterministic test bytes.
+pub fn data(len: usize, seed: u8) -> Vec<u8> {
+    upline_server::testing::data(len, seed as u64)
+}
+
 /// A test node and a client for it.
 pub struct TestNode {
     pub base: String,
@@ -78,22 +83,6 @@ pub fn md5_b64(data: &[u8]) -> String {
     use base64::Engine;
     use md5::Digest;
     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
-}
-
-/// Deterministic test bytes.
-pub fn data(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = (seed as u32)
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(0x9E37_79B9)
-        | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 /// One chunk request.
