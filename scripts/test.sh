@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every test.
-# Everything the tests need is started by the tests themselves (a node on
-# port 0, temp data directories, a callback server, the binary itself).
+# Services the tests talk to (PostgreSQL) are installed and started by
+# scripts/services.sh, idempotently; everything else the tests start
+# themselves (nodes on port 0, temp data directories, callback servers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_postgres
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo fmt --all -- --check

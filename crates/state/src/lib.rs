@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 pub mod apps;
 pub mod conformance;
 pub mod embedded;
+pub mod postgres;
 
 pub use apps::{AppRecord, AppStore, NewVideo, Notification, Video};
 pub use embedded::EmbeddedStore;
+pub use postgres::PgStore;
 
 /// One upload session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Starts (installing if needed) the services the tests use, idempotently:
+# PostgreSQL on 127.0.0.1:5432. Sourced by scripts/test.sh; exports
+# UPLINE_TEST_POSTGRES, the admin URL the tests create databases with.
+
+ensure_postgres() {
+  export UPLINE_TEST_POSTGRES="${UPLINE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "services: installing PostgreSQL (Debian package)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    echo "services: starting PostgreSQL" >&2
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    for _ in $(seq 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+  fi
+  if ! psql "$UPLINE_TEST_POSTGRES" -qAtc 'select 1' >/dev/null 2>&1; then
+    # A fresh Debian install asks for a password over TCP: give the
+    # postgres role one, for the tests only.
+    su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'upline-tests'\"" >/dev/null
+    export UPLINE_TEST_POSTGRES="postgres://postgres:upline-tests@127.0.0.1:5432/postgres"
+  fi
+  # Databases earlier runs left behind.
+  psql "$UPLINE_TEST_POSTGRES" -qAtc "select datname from pg_database where datname like 'upline_test_%'" |
+    while read -r db; do psql "$UPLINE_TEST_POSTGRES" -qc "drop database if exists $db" >/dev/null; done
+}
