@@ -461,3 +461,38 @@ async fn racing_advances_have_one_winner<S: SessionStore>(s: Arc<S>) {
     assert_eq!(offset, 10 + len);
     assert_eq!(s.get("race").await.unwrap().unwrap().offset, 10 + len);
 }
+
+/// Runs every check of the node registry on the stores `fresh` makes.
+pub async fn run_nodes<S, F, Fut>(mut fresh: F)
+where
+    S: crate::NodeRegistry,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    let s = fresh().await;
+    let node = |id: &str, priority: i32, load: u64, at: i64| crate::NodeInfo {
+        id: id.into(),
+        url: format!("http://{id}"),
+        priority,
+        load,
+        heartbeat_ms: at,
+    };
+    s.heartbeat(&node("a", 10, 5, 1000)).await.unwrap();
+    s.heartbeat(&node("b", 10, 1, 1000)).await.unwrap();
+    s.heartbeat(&node("c", 1, 9, 1000)).await.unwrap();
+    s.heartbeat(&node("old", 0, 0, 10)).await.unwrap();
+    let ids = |v: Vec<crate::NodeInfo>| v.into_iter().map(|n| n.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.live_nodes(500).await.unwrap()),
+        ["c", "b", "a"],
+        "priority, then load; stale ones left out"
+    );
+    s.heartbeat(&node("a", 10, 0, 2000)).await.unwrap();
+    assert_eq!(
+        ids(s.live_nodes(1500).await.unwrap()),
+        ["a"],
+        "a heartbeat refreshes"
+    );
+    s.remove_node("a").await.unwrap();
+    assert!(s.live_nodes(0).await.unwrap().iter().all(|n| n.id != "a"));
+}

@@ -130,6 +130,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StateError> {
     let all: Vec<&str> = MIGRATIONS
         .iter()
         .chain(crate::apps::MIGRATIONS)
+        .chain(crate::nodes::SQLITE_MIGRATIONS)
         .copied()
         .collect();
     let tx = conn

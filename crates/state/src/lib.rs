@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 pub mod apps;
 pub mod conformance;
 pub mod embedded;
+pub mod nodes;
 pub mod postgres;
 
 pub use apps::{AppRecord, AppStore, NewVideo, Notification, Video};
 pub use embedded::EmbeddedStore;
+pub use nodes::{NodeInfo, NodeRegistry};
 pub use postgres::PgStore;
 
 /// One upload session.

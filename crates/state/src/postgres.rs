@@ -92,7 +92,7 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StateError {
+pub(crate) fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StateError {
     StateError::Backend(e.into())
 }
 
@@ -177,7 +177,7 @@ impl PgStore {
         Ok(store)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StateError> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StateError> {
         self.pool.get().await.map_err(backend)
     }
 
@@ -195,7 +195,8 @@ impl PgStore {
             .await
             .map_err(backend)?
             .get(0);
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+        let all = MIGRATIONS.iter().copied().chain([crate::nodes::PG_MIGRATION]);
+        for (i, sql) in all.enumerate().skip(done as usize) {
             tx.batch_execute(sql).await.map_err(backend)?;
             tx.execute(
                 "INSERT INTO upline_schema (version) VALUES ($1)",

@@ -27,6 +27,12 @@ async fn embedded_app_store_conforms() {
 }
 
 #[tokio::test]
+async fn embedded_node_registry_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::run_nodes(|| async { EmbeddedStore::open(dir.path().join("state.db")).unwrap() }).await;
+}
+
+#[tokio::test]
 async fn two_processes_can_share_the_database() {
     // Two handles stand for the node and `upline app create` at once.
     let dir = tempfile::tempdir().unwrap();

@@ -50,6 +50,11 @@ async fn postgres_app_store_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_node_registry_conforms() {
+    conformance::run_nodes(|| async { PgStore::connect(&fresh_database().await).await.unwrap() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_migrate_at_once_and_race_on_one_session() {
     let url = fresh_database().await;
     let (a, b) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url));
