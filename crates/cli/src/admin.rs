@@ -3,9 +3,11 @@
 //! with a running node (SQLite), so none of this needs the node stopped.
 
 use anyhow::{Context, bail};
+use std::sync::Arc;
 use upline_proto::{Bucket, ObjectKey, ObjectPath};
-use upline_state::{AppStore, EmbeddedStore, SessionStore};
-use upline_storage::{BlobId, BlobStore, FsStore};
+
+use upline_server::backends::{StateBackend, StateStores, StorageBackend};
+use upline_storage::{BlobId, BlobStore};
 
 use crate::settings::{self, CommonArgs};
 
@@ -77,21 +79,28 @@ pub enum ObjectsCmd {
 }
 
 struct Stores {
-    state: EmbeddedStore,
-    blobs: FsStore,
+    state: StateStores,
+    blobs: Arc<dyn BlobStore>,
 }
 
-fn open(common: &CommonArgs) -> anyhow::Result<Stores> {
+/// The node's own stores, by its configuration (the embedded database in
+/// the data directory, or PostgreSQL; local disk or S3).
+async fn open(common: &CommonArgs) -> anyhow::Result<Stores> {
     let cfg = settings::load(common, &crate::NoFlags {})?;
-    let db = cfg.data_dir.join("state.db");
-    if !db.is_file() {
+    let backend = StateBackend::from_config(&cfg)?;
+    if let StateBackend::Embedded { path } = &backend
+        && !path.is_file()
+    {
         bail!(
             "no upline database at {} (pass --data-dir, or start `upline serve` once)",
-            db.display()
+            path.display()
         );
     }
-    let state = EmbeddedStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
-    let blobs = FsStore::open(cfg.data_dir.join("blobs")).context("cannot open the blob store")?;
+    let state = backend.open().await?;
+    let blobs = StorageBackend::from_config(&cfg)?
+        .open()
+        .await
+        .context("cannot open the blob store")?;
     Ok(Stores { state, blobs })
 }
 
@@ -116,10 +125,11 @@ pub fn app(cmd: AppCmd) -> anyhow::Result<()> {
             } => {
                 let cfg = settings::load(&common, &crate::NoFlags {})?;
                 std::fs::create_dir_all(&cfg.data_dir)?;
-                let state = EmbeddedStore::open(cfg.data_dir.join("state.db"))?;
+                let state = StateBackend::from_config(&cfg)?.open().await?;
                 let sealer = upline_apps::Sealer::new(&upline_server::secrets::master_key(&cfg)?);
                 let created =
-                    upline_apps::create_app(&state, &sealer, &name, bucket.as_deref(), now()).await?;
+                    upline_apps::create_app(state.apps.as_ref(), &sealer, &name, bucket.as_deref(), now())
+                        .await?;
                 if json {
                     let line =
                         serde_json::json!({"appKey": created.record.app_key, "appSecret": created.secret});
@@ -133,9 +143,9 @@ pub fn app(cmd: AppCmd) -> anyhow::Result<()> {
                 Ok(())
             }
             AppCmd::List { common } => {
-                let s = open(&common)?;
+                let s = open(&common).await?;
                 println!("{:<34} {:<22} {:<24} callback", "app key", "name", "bucket");
-                for a in s.state.list_apps().await? {
+                for a in s.state.apps.list_apps().await? {
                     let cb = a.callback_url.unwrap_or_else(|| "-".into());
                     println!("{:<34} {:<22} {:<24} {cb}", a.app_key, a.name, a.bucket);
                 }
@@ -169,12 +179,12 @@ pub fn uploads(cmd: UploadsCmd) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         match cmd {
             UploadsCmd::List { common } => {
-                let s = open(&common)?;
+                let s = open(&common).await?;
                 println!(
                     "{:<34} {:<20} {:>14} {:>8}  object",
                     "context", "bucket", "offset", "age"
                 );
-                for u in s.state.open_sessions(10_000).await? {
+                for u in s.state.sessions.open_sessions(10_000).await? {
                     let age = human_age(now() - u.created_at);
                     println!(
                         "{:<34} {:<20} {:>14} {:>8}  {}",
@@ -184,8 +194,8 @@ pub fn uploads(cmd: UploadsCmd) -> anyhow::Result<()> {
                 Ok(())
             }
             UploadsCmd::Abort { context, common } => {
-                let s = open(&common)?;
-                let Some(session) = s.state.get(&context).await? else {
+                let s = open(&common).await?;
+                let Some(session) = s.state.sessions.get(&context).await? else {
                     bail!("no upload with context {context}")
                 };
                 if session.completed_at.is_some() {
@@ -194,7 +204,7 @@ pub fn uploads(cmd: UploadsCmd) -> anyhow::Result<()> {
                 if let Some(id) = BlobId::new(&context) {
                     s.blobs.delete(&id).await?;
                 }
-                s.state.delete_session(&context).await?;
+                s.state.sessions.delete_session(&context).await?;
                 eprintln!(
                     "upline: aborted {context} ({}/{}, {} bytes)",
                     session.bucket, session.object, session.offset
@@ -209,12 +219,12 @@ pub fn objects(cmd: ObjectsCmd) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         match cmd {
             ObjectsCmd::List { bucket, common } => {
-                let s = open(&common)?;
+                let s = open(&common).await?;
                 println!(
                     "{:<20} {:>14} {:<32} {:>8}  object",
                     "bucket", "size", "md5", "age"
                 );
-                for o in s.state.list_objects(bucket.as_deref(), 100_000).await? {
+                for o in s.state.sessions.list_objects(bucket.as_deref(), 100_000).await? {
                     let md5 = o.md5.unwrap_or_else(|| "-".into());
                     println!(
                         "{:<20} {:>14} {:<32} {:>8}  {}",
@@ -232,8 +242,8 @@ pub fn objects(cmd: ObjectsCmd) -> anyhow::Result<()> {
                 object,
                 common,
             } => {
-                let s = open(&common)?;
-                let Some(rec) = s.state.delete_object(&bucket, &object).await? else {
+                let s = open(&common).await?;
+                let Some(rec) = s.state.sessions.delete_object(&bucket, &object).await? else {
                     bail!("no object {bucket}/{object}")
                 };
                 if let Some(id) = BlobId::new(&rec.blob) {

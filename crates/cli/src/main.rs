@@ -52,6 +52,18 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     public_url: Option<String>,
+    /// Blob storage: fs://PATH or s3://BUCKET?endpoint=http://HOST:PORT&region=R [default: fs://DATA_DIR/blobs].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<String>,
+    /// Session state: embedded or postgres://USER@HOST/DB [default: embedded].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
+    /// node (uploads and LBS) or lbs (only /lbs, listing the registry's nodes).
+    #[arg(long, value_parser = ["node", "lbs"])]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
     #[command(flatten)]
     #[serde(skip)]
     common: CommonArgs,

@@ -259,18 +259,25 @@ async fn configuration_file_then_environment_then_flags() {
                 .clone()
         }
     };
-    let node = Proc::serve(dir.path(), &["--config", conf_s], &[]);
+    // Each run its own data dir: a killed node stays in a shared registry
+    // until its heartbeat goes stale, which is not what this test is about.
+    let (d1, d2, d3) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let node = Proc::serve(d1.path(), &["--config", conf_s], &[]);
     assert_eq!(lbs(&node).await, "http://from-file");
     node.kill9();
     let node = Proc::serve(
-        dir.path(),
+        d2.path(),
         &["--config", conf_s],
         &[("UPLINE_PUBLIC_URL", "http://from-env")],
     );
     assert_eq!(lbs(&node).await, "http://from-env");
     node.kill9();
     let node = Proc::serve(
-        dir.path(),
+        d3.path(),
         &["--config", conf_s, "--public-url", "http://from-flag"],
         &[("UPLINE_PUBLIC_URL", "http://from-env")],
     );

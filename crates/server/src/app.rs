@@ -24,10 +24,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 use upline_apps::{AppConfig, AppService, Sealer};
 use upline_core::{Config, Keyring, Node};
-use upline_state::EmbeddedStore;
-use upline_storage::FsStore;
+use upline_state::{NodeInfo, NodeRegistry};
 
-use crate::config::ServerConfig;
+use crate::backends::{StateBackend, StorageBackend};
+
+use crate::config::{Role, ServerConfig};
 use crate::handlers::{self, ConnInfo};
 use crate::render::RequestId;
 use crate::routes::Endpoint;
@@ -39,13 +40,8 @@ pub enum StartError {
         "cannot use data directory {path}: {source} (pass --data-dir or UPLINE_DATA_DIR with a writable directory)"
     )]
     DataDir { path: PathBuf, source: std::io::Error },
-    #[error(
-        "cannot open the embedded database {path}: {source} (is another upline running on this data directory?)"
-    )]
-    State {
-        path: PathBuf,
-        source: upline_state::StateError,
-    },
+    #[error("{0}")]
+    Backend(#[from] crate::backends::BackendUrlError),
     #[error(
         "no credentials configured (set UPLINE_ACCESS_KEY and UPLINE_SECRET_KEY, or [[credentials]] in the config file)"
     )]
@@ -72,6 +68,12 @@ pub enum StartError {
 pub struct AppState {
     pub node: Arc<Node>,
     pub apps: Arc<AppService>,
+    /// The registry the LBS lists upload nodes from.
+    pub nodes: Arc<dyn NodeRegistry>,
+    /// This process's id in the registry.
+    pub node_id: String,
+    /// The URL clients reach this node by.
+    pub base_url: String,
     pub cfg: Arc<ServerConfig>,
 }
 
@@ -124,12 +126,8 @@ impl App {
             source,
         };
         std::fs::create_dir_all(&cfg.data_dir).map_err(data_err)?;
-        let blobs = FsStore::open(cfg.data_dir.join("blobs")).map_err(data_err)?;
-        let db_path = cfg.data_dir.join("state.db");
-        let state = Arc::new(EmbeddedStore::open(&db_path).map_err(|source| StartError::State {
-            path: db_path,
-            source,
-        })?);
+        let blobs = StorageBackend::from_config(&cfg)?.open().await?;
+        let stores = StateBackend::from_config(&cfg)?.open().await?;
         let keys = Keyring::new(
             cfg.credentials
                 .iter()
@@ -143,8 +141,8 @@ impl App {
         };
         let callbacks = Arc::new(crate::callback::HttpCallbacks::new().map_err(StartError::Http)?);
         let node = Arc::new(Node::new(
-            Arc::new(blobs),
-            state.clone(),
+            blobs,
+            stores.sessions.clone(),
             keys,
             callbacks.clone(),
             core_cfg,
@@ -156,14 +154,14 @@ impl App {
         );
         let app_cfg = AppConfig {
             token_ttl_secs: cfg.app_token_ttl_secs as i64,
-            public_url: base_url,
+            public_url: base_url.clone(),
             notify_for_secs: cfg.notify_for_secs as i64,
             notify_base_delay_secs: cfg.notify_base_delay_secs as i64,
             ..AppConfig::default()
         };
         let apps = Arc::new(AppService::new(
-            state.clone(),
-            state,
+            stores.apps.clone(),
+            stores.sessions.clone(),
             node.clone(),
             sealer,
             signing,
@@ -177,6 +175,9 @@ impl App {
         let state = AppState {
             node,
             apps,
+            nodes: stores.nodes,
+            node_id: uuid::Uuid::new_v4().simple().to_string(),
+            base_url,
             cfg: Arc::new(cfg),
         };
         let router = Router::new()
@@ -210,15 +211,19 @@ impl App {
     /// requests in flight finish for at most `shutdown_grace_secs`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let cfg = self.state.cfg.clone();
-        let collector = tokio::spawn(collect_forever(
-            self.state.node.clone(),
-            cfg.collect_interval_secs,
-        ));
-        let worker = tokio::spawn(app_worker(
-            self.state.apps.clone(),
-            self.notifier.clone(),
-            cfg.worker_interval_ms,
-        ));
+        let mut background = Vec::new();
+        if cfg.role == Role::Node {
+            background.push(tokio::spawn(collect_forever(
+                self.state.node.clone(),
+                cfg.collect_interval_secs,
+            )));
+            background.push(tokio::spawn(app_worker(
+                self.state.apps.clone(),
+                self.notifier.clone(),
+                cfg.worker_interval_ms,
+            )));
+            background.push(tokio::spawn(heartbeat_forever(self.state.clone())));
+        }
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -259,16 +264,51 @@ impl App {
             });
         }
         drop(self.listener);
-        collector.abort();
-        worker.abort();
-        let _ = collector.await;
-        let _ = worker.await;
+        for task in &background {
+            task.abort();
+        }
+        for task in background {
+            let _ = task.await;
+        }
+        if cfg.role == Role::Node
+            && let Err(e) = self.state.nodes.remove_node(&self.state.node_id).await
+        {
+            tracing::warn!(error = %e, "could not leave the node registry");
+        }
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
         tracing::info!(?grace, "shutting down: letting requests in flight finish");
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
             tracing::warn!("grace period over; closing the remaining connections");
         }
     }
+}
+
+/// Tells the registry this node is alive, with its load, every
+/// `heartbeat_ms`; the LBS lists nodes by it.
+async fn heartbeat_forever(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_millis(state.cfg.heartbeat_ms.max(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let me = NodeInfo {
+            id: state.node_id.clone(),
+            url: state.base_url.clone(),
+            priority: state.cfg.priority,
+            load: state.node.in_flight() as u64,
+            heartbeat_ms: unix_now_ms(),
+        };
+        if let Err(e) = state.nodes.heartbeat(&me).await {
+            tracing::warn!(error = %crate::render::chain(&e), "heartbeat failed");
+        }
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 async fn collect_forever(node: Arc<Node>, every_secs: u64) {
@@ -333,10 +373,15 @@ async fn dispatch(State(app): State<AppState>, req: Request) -> Response {
     async move {
         tracing::debug!("request received");
         let conn = req.extensions().get::<ConnInfo>().copied();
-        let mut resp = match Endpoint::parse(req.method(), req.uri()) {
+        let endpoint = match Endpoint::parse(req.method(), req.uri()) {
+            e @ (Endpoint::Health | Endpoint::Lbs(_) | Endpoint::Options) => e,
+            _ if app.cfg.role == Role::Lbs => Endpoint::NotFound,
+            e => e,
+        };
+        let mut resp = match endpoint {
             Endpoint::Health => handlers::health(),
             Endpoint::Options => StatusCode::NO_CONTENT.into_response(),
-            Endpoint::Lbs(params) => handlers::lbs(&app, params, conn),
+            Endpoint::Lbs(params) => handlers::lbs(&app, params, conn).await,
             Endpoint::Stat => handlers::stat(req.into_body()).await,
             Endpoint::Upload(path, params) => handlers::upload(&app, &rid, path, params, req).await,
             Endpoint::Resume(path, params) => handlers::resume(&app, &rid, path, params, req.headers()).await,

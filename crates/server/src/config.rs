@@ -89,6 +89,37 @@ pub struct ServerConfig {
     /// Milliseconds between passes of the app API's worker (completions,
     /// notifications).
     pub worker_interval_ms: u64,
+    /// Where blobs live: `fs://PATH` or
+    /// `s3://BUCKET?endpoint=http://HOST:PORT&region=R`; default
+    /// `fs://DATA_DIR/blobs`.
+    pub storage: Option<String>,
+    /// Where session state lives: `embedded` (SQLite in the data dir, the
+    /// default) or `postgres://USER@HOST/DB`.
+    pub state: Option<String>,
+    /// `node` (uploads and LBS) or `lbs` (only `/lbs`, from the registry).
+    pub role: Role,
+    /// LBS preference of this node: smaller is listed first.
+    pub priority: i32,
+    /// Milliseconds between this node's heartbeats.
+    pub heartbeat_ms: u64,
+    /// A node whose last heartbeat is older than this is not listed.
+    pub node_ttl_ms: u64,
+    /// S3 part size in bytes (chunks are coalesced into parts this big).
+    pub s3_part_size: u64,
+    /// S3 credentials, when not in `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`.
+    pub s3_access_key: Option<String>,
+    pub s3_secret_key: Option<Secret>,
+}
+
+/// What a process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// An upload node (which also answers `/lbs`).
+    #[default]
+    Node,
+    /// Only the LBS.
+    Lbs,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +144,15 @@ impl Default for ServerConfig {
             notify_for_secs: 24 * 3600,
             notify_base_delay_secs: 5,
             worker_interval_ms: 1000,
+            storage: None,
+            state: None,
+            role: Role::Node,
+            priority: 100,
+            heartbeat_ms: 1000,
+            node_ttl_ms: 3000,
+            s3_part_size: 8 * 1024 * 1024,
+            s3_access_key: None,
+            s3_secret_key: None,
         }
     }
 }

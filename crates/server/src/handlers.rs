@@ -96,9 +96,11 @@ pub async fn resume(
     }
 }
 
-/// `GET /lbs`: this node, listed twice (one widely used client reads
-/// `upload[1]`), by its public URL or the address the client reached.
-pub fn lbs(
+/// `GET /lbs`: the live upload nodes of the registry, best first (by
+/// priority, then load); at least two entries — one widely used client
+/// reads `upload[1]` — so a single node is listed twice. `lbs` is this
+/// endpoint's own address by IP (or the public URL when one is set).
+pub async fn lbs(
     app: &AppState,
     params: Result<LbsParams, upline_proto::QueryError>,
     conn: Option<ConnInfo>,
@@ -106,20 +108,32 @@ pub fn lbs(
     if let Err(e) = params {
         return render::lbs_error(&e);
     }
-    let base = match (&app.cfg.public_url, conn) {
-        (Some(url), _) => url.trim_end_matches('/').to_owned(),
-        (None, Some(c)) => format!("http://{}", c.local),
-        (None, None) => format!("http://{}", app.cfg.listen),
+    let since = crate::app::unix_now_ms() - app.cfg.node_ttl_ms as i64;
+    let mut upload: Vec<String> = match app.nodes.live_nodes(since).await {
+        Ok(nodes) => nodes.into_iter().map(|n| n.url).collect(),
+        Err(e) => {
+            tracing::error!(error = %render::chain(&e), "reading the node registry failed");
+            Vec::new()
+        }
     };
+    if upload.is_empty() && app.cfg.role == crate::config::Role::Node {
+        upload.push(app.base_url.clone());
+    }
+    if upload.is_empty() {
+        let body = upline_proto::LbsError {
+            code: "NoUploadNode".into(),
+            message: "no upload node is alive".into(),
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    if upload.len() == 1 {
+        upload.push(upload[0].clone());
+    }
     let lbs = match conn {
         Some(c) if app.cfg.public_url.is_none() => format!("http://{}/lbs", c.local),
-        _ => format!("{base}/lbs"),
+        _ => format!("{}/lbs", app.base_url),
     };
-    Json(LbsOk {
-        lbs,
-        upload: vec![base.clone(), base],
-    })
-    .into_response()
+    Json(LbsOk { lbs, upload }).into_response()
 }
 
 /// `POST /stat/sdk`: read (bounded) and ignore the mobile SDK statistics,

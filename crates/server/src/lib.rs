@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod appapi;
+pub mod backends;
 pub mod callback;
 pub mod config;
 pub mod download;
@@ -16,4 +17,4 @@ pub mod secrets;
 pub mod testing;
 
 pub use app::{App, StartError, unix_now};
-pub use config::{Credential, Secret, ServerConfig};
+pub use config::{Credential, Role, Secret, ServerConfig};

@@ -17,6 +17,7 @@ use futures_util::Stream;
 
 pub mod conformance;
 pub mod fs;
+pub mod s3;
 
 pub use fs::FsStore;
 

@@ -1,0 +1,511 @@
+//! S3-compatible [`BlobStore`]: a session is an S3 multipart upload, and
+//! nothing of it lives only on one node.
+//!
+//! Our chunks (at most 4 MiB) are below S3's 5 MiB minimum part, so they
+//! are coalesced into parts of one fixed size (`part_size`, equal parts, so
+//! the 10,000-part limit is reached only past `10,000 × part_size`). Every
+//! object of a session in progress lives under `staging/<id>/`:
+//!
+//! * `c<offset>` — each chunk as written (the PUT is the durability point:
+//!   a 200 follows it). Kept until publication, so replays, the
+//!   whole-object MD5 check and any node can read every byte back.
+//! * `upload` — the multipart upload id, created when the first part fills.
+//! * `p<number>` — the part id of each part uploaded, so that any node can
+//!   complete the upload (object_store's `MultipartStore` exposes the ids
+//!   as plain strings, which is why it is used rather than opendal).
+//!
+//! Publication uploads the tail as the last part, completes the multipart
+//! upload into `blobs/<id>` (objects smaller than one part are a single
+//! PUT) and deletes the staging objects. Part sizes are checked here,
+//! never left to the server: some S3 servers do not enforce the minimum.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+
+use crate::{BlobId, BlobStore, ByteStream, StorageError};
+
+/// S3's smallest part (but the last).
+pub const MIN_PART: u64 = 5 * 1024 * 1024;
+
+/// Where and how to reach the bucket.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub part_size: u64,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("part_size", &self.part_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Config {
+    /// Parses `s3://BUCKET?endpoint=http://HOST:PORT&region=R`.
+    pub fn parse(
+        url: &str,
+        access_key: Option<String>,
+        secret_key: Option<String>,
+        part_size: u64,
+    ) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or("an S3 storage URL starts with s3://")?;
+        let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if bucket.is_empty() || bucket.contains('/') {
+            return Err(format!(
+                "storage {url:?} names no bucket: write s3://BUCKET?endpoint=http://HOST:PORT&region=REGION"
+            ));
+        }
+        let mut endpoint = None;
+        let mut region = "us-east-1".to_owned();
+        for (k, v) in form_pairs(query) {
+            match k.as_str() {
+                "endpoint" => endpoint = Some(v),
+                "region" => region = v,
+                other => {
+                    return Err(format!(
+                        "unknown S3 option {other:?}: only endpoint and region are known"
+                    ));
+                }
+            }
+        }
+        let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
+            return Err("S3 storage needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or s3_access_key and s3_secret_key in the config file)".into());
+        };
+        if !(MIN_PART..=5 << 30).contains(&part_size) {
+            return Err(format!(
+                "s3_part_size must be between 5 MiB and 5 GiB, got {part_size}"
+            ));
+        }
+        Ok(Self {
+            bucket: bucket.to_owned(),
+            endpoint,
+            region,
+            access_key,
+            secret_key,
+            part_size,
+        })
+    }
+}
+
+fn form_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// A [`BlobStore`] in an S3-compatible bucket.
+#[derive(Clone)]
+pub struct S3Store {
+    s3: Arc<AmazonS3>,
+    part: u64,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store")
+            .field("part", &self.part)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(e: object_store::Error) -> StorageError {
+    match e {
+        object_store::Error::NotFound { .. } => StorageError::NotFound,
+        e => StorageError::Io(io::Error::other(e)),
+    }
+}
+
+fn chunk_key(id: &BlobId, offset: u64) -> Path {
+    Path::from(format!("staging/{}/c{offset:020}", id.as_str()))
+}
+
+fn staging(id: &BlobId) -> Path {
+    Path::from(format!("staging/{}", id.as_str()))
+}
+
+fn final_key(id: &BlobId) -> Path {
+    Path::from(format!("blobs/{}", id.as_str()))
+}
+
+/// What a session has under `staging/<id>/`.
+#[derive(Default)]
+struct Staged {
+    /// offset → length of each chunk object.
+    chunks: BTreeMap<u64, u64>,
+    upload: Option<String>,
+    /// part number → part id.
+    parts: BTreeMap<usize, String>,
+    any: bool,
+}
+
+impl S3Store {
+    /// Connects to the bucket (and checks that it answers).
+    pub async fn open(cfg: S3Config) -> Result<Self, StorageError> {
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_access_key_id(&cfg.access_key)
+            .with_secret_access_key(&cfg.secret_key)
+            .with_virtual_hosted_style_request(false);
+        if let Some(ep) = &cfg.endpoint {
+            b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+        }
+        let s3 = b.build().map_err(io_err)?;
+        let store = Self {
+            s3: Arc::new(s3),
+            part: cfg.part_size,
+        };
+        store
+            .s3
+            .list_with_delimiter(Some(&Path::from("staging")))
+            .await
+            .map_err(io_err)?;
+        Ok(store)
+    }
+
+    async fn staged(&self, id: &BlobId) -> Result<Staged, StorageError> {
+        let listing = self
+            .s3
+            .list_with_delimiter(Some(&staging(id)))
+            .await
+            .map_err(io_err)?;
+        let mut st = Staged {
+            any: !listing.objects.is_empty(),
+            ..Default::default()
+        };
+        for meta in listing.objects {
+            let name = meta.location.filename().unwrap_or_default().to_owned();
+            if let Some(off) = name.strip_prefix('c').and_then(|n| n.parse::<u64>().ok()) {
+                st.chunks.insert(off, meta.size);
+            } else if let Some(n) = name.strip_prefix('p').and_then(|n| n.parse::<usize>().ok()) {
+                let id_bytes = self
+                    .s3
+                    .get(&meta.location)
+                    .await
+                    .map_err(io_err)?
+                    .bytes()
+                    .await
+                    .map_err(io_err)?;
+                st.parts
+                    .insert(n, String::from_utf8_lossy(&id_bytes).into_owned());
+            } else if name == "upload" {
+                let b = self
+                    .s3
+                    .get(&meta.location)
+                    .await
+                    .map_err(io_err)?
+                    .bytes()
+                    .await
+                    .map_err(io_err)?;
+                st.upload = Some(String::from_utf8_lossy(&b).into_owned());
+            }
+        }
+        Ok(st)
+    }
+
+    /// The bytes `[from, to)` from the chain of chunk objects; errors if a
+    /// byte is missing (the chain is the only copy before publication).
+    async fn gather(
+        &self,
+        id: &BlobId,
+        chunks: &BTreeMap<u64, u64>,
+        from: u64,
+        to: u64,
+    ) -> Result<BytesMut, StorageError> {
+        let mut out = BytesMut::with_capacity((to - from) as usize);
+        let mut at = from;
+        while at < to {
+            // The chunk that holds `at`: the last one starting at or before it.
+            let (&start, &len) = chunks
+                .range(..=at)
+                .next_back()
+                .filter(|(s, l)| at < *s + *l)
+                .ok_or_else(|| {
+                    StorageError::Io(io::Error::other(format!(
+                        "staged bytes at {at} of {} are missing",
+                        id.as_str()
+                    )))
+                })?;
+            let end = (start + len).min(to);
+            let bytes = self
+                .s3
+                .get_range(&chunk_key(id, start), (at - start)..(end - start))
+                .await
+                .map_err(io_err)?;
+            out.extend_from_slice(&bytes);
+            at = end;
+        }
+        Ok(out)
+    }
+
+    async fn upload_id(&self, id: &BlobId, st: &mut Staged) -> Result<String, StorageError> {
+        if let Some(u) = &st.upload {
+            return Ok(u.clone());
+        }
+        let u = self.s3.create_multipart(&final_key(id)).await.map_err(io_err)?;
+        self.s3
+            .put(
+                &Path::from(format!("staging/{}/upload", id.as_str())),
+                PutPayload::from(u.clone()),
+            )
+            .await
+            .map_err(io_err)?;
+        st.upload = Some(u.clone());
+        Ok(u)
+    }
+
+    /// Uploads part `number` (1-based) with `data` and records its id.
+    async fn put_part(
+        &self,
+        id: &BlobId,
+        st: &mut Staged,
+        number: usize,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        let upload = self.upload_id(id, st).await?;
+        let part = self
+            .s3
+            .put_part(&final_key(id), &upload, number - 1, PutPayload::from(data))
+            .await
+            .map_err(io_err)?;
+        let record = Path::from(format!("staging/{}/p{number:05}", id.as_str()));
+        self.s3
+            .put(&record, PutPayload::from(part.content_id.clone()))
+            .await
+            .map_err(io_err)?;
+        st.parts.insert(number, part.content_id);
+        Ok(())
+    }
+
+    async fn clear_staging(&self, id: &BlobId) -> Result<(), StorageError> {
+        let listing = self
+            .s3
+            .list_with_delimiter(Some(&staging(id)))
+            .await
+            .map_err(io_err)?;
+        for meta in listing.objects {
+            self.s3.delete(&meta.location).await.map_err(io_err)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for S3Store {
+    async fn write_at(&self, id: &BlobId, offset: u64, mut body: ByteStream) -> Result<u64, StorageError> {
+        let mut st = self.staged(id).await?;
+        if offset > 0 && !st.any {
+            return Err(StorageError::NotFound);
+        }
+        // The request body is at most one chunk (the caller bounds it).
+        let mut chunk = BytesMut::new();
+        while let Some(frame) = body.next().await {
+            chunk.extend_from_slice(&frame.map_err(StorageError::Body)?);
+        }
+        let chunk = chunk.freeze();
+        let len = chunk.len() as u64;
+        self.s3
+            .put(&chunk_key(id, offset), PutPayload::from(chunk.clone()))
+            .await
+            .map_err(io_err)?;
+        st.chunks.insert(offset, len);
+        st.any = true;
+        // A part that this chunk fills is uploaded now, from the chain.
+        let end = offset + len;
+        let first_open = offset / self.part + 1;
+        for number in first_open..=(end / self.part) {
+            let from = (number - 1) * self.part;
+            let data = self.gather(id, &st.chunks, from, from + self.part).await?;
+            self.put_part(id, &mut st, number as usize, data.freeze()).await?;
+        }
+        Ok(len)
+    }
+
+    async fn read_at(&self, id: &BlobId, offset: u64, len: u64) -> Result<ByteStream, StorageError> {
+        let done = final_key(id);
+        match self.s3.head(&done).await {
+            Ok(meta) => {
+                let end = (offset + len).min(meta.size);
+                let bytes = if offset >= end {
+                    Bytes::new()
+                } else {
+                    self.s3.get_range(&done, offset..end).await.map_err(io_err)?
+                };
+                return Ok(Box::pin(futures_util::stream::iter([Ok(bytes)])));
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let st = self.staged(id).await?;
+        if !st.any {
+            return Err(StorageError::NotFound);
+        }
+        // Up to the end of the contiguous chain (a short blob ends early).
+        let mut reach = 0;
+        while let Some(len) = st.chunks.get(&reach) {
+            if *len == 0 {
+                break;
+            }
+            reach += len;
+        }
+        let end = (offset + len).min(reach);
+        let bytes = if offset >= end {
+            BytesMut::new()
+        } else {
+            self.gather(id, &st.chunks, offset, end).await?
+        };
+        Ok(Box::pin(futures_util::stream::iter([Ok(bytes.freeze())])))
+    }
+
+    async fn publish(&self, id: &BlobId, size: u64) -> Result<(), StorageError> {
+        let mut st = self.staged(id).await?;
+        if !st.any {
+            return match self.s3.head(&final_key(id)).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(io_err(e)),
+            };
+        }
+        let full = size / self.part;
+        if full == 0 {
+            let data = if size == 0 {
+                BytesMut::new()
+            } else {
+                self.gather(id, &st.chunks, 0, size).await?
+            };
+            self.s3
+                .put(&final_key(id), PutPayload::from(data.freeze()))
+                .await
+                .map_err(io_err)?;
+            if let Some(u) = &st.upload {
+                let _ = self.s3.abort_multipart(&final_key(id), u).await;
+            }
+        } else {
+            // Parts 1..=full are recorded (each chunk that filled one
+            // uploaded it); the tail is the last part.
+            let tail_from = full * self.part;
+            if size > tail_from {
+                let data = self.gather(id, &st.chunks, tail_from, size).await?;
+                self.put_part(id, &mut st, full as usize + 1, data.freeze())
+                    .await?;
+            }
+            let count = if size > tail_from { full + 1 } else { full } as usize;
+            let mut parts = Vec::with_capacity(count);
+            for n in 1..=count {
+                let content_id = st.parts.get(&n).cloned().ok_or_else(|| {
+                    StorageError::Io(io::Error::other(format!(
+                        "part {n} of {} was never uploaded",
+                        id.as_str()
+                    )))
+                })?;
+                parts.push(PartId { content_id });
+            }
+            let upload = self.upload_id(id, &mut st).await?;
+            self.s3
+                .complete_multipart(&final_key(id), &upload, parts)
+                .await
+                .map_err(io_err)?;
+        }
+        self.clear_staging(id).await
+    }
+
+    async fn delete(&self, id: &BlobId) -> Result<(), StorageError> {
+        let st = self.staged(id).await?;
+        if let Some(u) = &st.upload {
+            let _ = self.s3.abort_multipart(&final_key(id), u).await;
+        }
+        self.clear_staging(id).await?;
+        match self.s3.delete(&final_key(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    async fn list_staged(&self) -> Result<Vec<BlobId>, StorageError> {
+        let listing = self
+            .s3
+            .list_with_delimiter(Some(&Path::from("staging")))
+            .await
+            .map_err(io_err)?;
+        let mut ids: Vec<BlobId> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(BlobId::new))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let c = S3Config::parse(
+            "s3://media?endpoint=http%3A%2F%2F127.0.0.1%3A3900&region=garage",
+            Some("a".into()),
+            Some("s".into()),
+            MIN_PART,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.bucket.as_str(), c.endpoint.as_deref(), c.region.as_str()),
+            ("media", Some("http://127.0.0.1:3900"), "garage")
+        );
+        let c = S3Config::parse(
+            "s3://media?endpoint=http://h:1",
+            Some("a".into()),
+            Some("s".into()),
+            8 << 20,
+        )
+        .unwrap();
+        assert_eq!(c.endpoint.as_deref(), Some("http://h:1"));
+        assert!(
+            S3Config::parse("s3://media", None, None, MIN_PART)
+                .unwrap_err()
+                .contains("AWS_ACCESS_KEY_ID")
+        );
+        assert!(S3Config::parse("s3://?region=x", Some("a".into()), Some("s".into()), MIN_PART).is_err());
+        assert!(S3Config::parse("s3://m?colour=red", Some("a".into()), Some("s".into()), MIN_PART).is_err());
+        assert!(
+            S3Config::parse("s3://m", Some("a".into()), Some("s".into()), 1 << 20)
+                .unwrap_err()
+                .contains("5 MiB")
+        );
+        let c = S3Config::parse("s3://m", Some("ak".into()), Some("SECRET-XYZ".into()), MIN_PART).unwrap();
+        assert!(
+            !format!("{c:?}").contains("SECRET-XYZ"),
+            "Debug never shows the secret"
+        );
+    }
+}
