@@ -29,6 +29,8 @@ pub enum CoreError {
     BodyIncomplete(String),
     #[error("superseded by a newer request for the same session")]
     Superseded,
+    #[error("another node is writing this session; retry")]
+    Busy,
     #[error("object stored, but its callback failed: {0}")]
     CallbackFailed(String),
     #[error("internal error")]
@@ -48,7 +50,8 @@ impl CoreError {
             | CoreError::Md5Mismatch(_)
             | CoreError::PolicyLimit(_)
             | CoreError::BodyIncomplete(_)
-            | CoreError::Superseded => 400,
+            | CoreError::Superseded
+            | CoreError::Busy => 400,
             CoreError::Token(_) => 403,
             CoreError::UnknownCtx | CoreError::NoSuchObject => 404,
             CoreError::Internal(_) => 500,

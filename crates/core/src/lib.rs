@@ -31,6 +31,8 @@ pub use upline_state::ObjectRecord;
 /// Tunables of the upload rules.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// How long a write lease on a session lasts (shared stores only).
+    pub lease_ms: i64,
     /// Largest chunk body (the protocol's 4 MiB by default).
     pub max_chunk: u64,
     /// Refuse tokens whose policy has no `Expires`.
@@ -45,6 +47,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            lease_ms: 60_000,
             max_chunk: upline_proto::MAX_CHUNK,
             require_expires: true,
             session_ttl: 7 * 24 * 3600,
@@ -116,6 +119,8 @@ pub struct Node {
     locks: SessionLocks,
     in_flight: AtomicUsize,
     received: Arc<AtomicU64>,
+    /// This node's name in session leases.
+    owner: String,
 }
 
 impl Node {
@@ -135,6 +140,7 @@ impl Node {
             locks: SessionLocks::default(),
             in_flight: AtomicUsize::new(0),
             received: Arc::default(),
+            owner: format!("node-{:016x}", rand::random::<u64>()),
         }
     }
 

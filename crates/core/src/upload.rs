@@ -111,12 +111,25 @@ impl Node {
         let session = self.live_session(ctx, &req.path, req.now).await?;
         let offset = req.params.offset;
         if session.completed_at.is_none() && offset == session.offset {
-            let stored = self
-                .store(ctx, offset, &req, guard.cancel.clone(), claim, body)
-                .await?;
-            let prior_claim = session.md5_claim.clone();
-            return self
-                .commit(
+            // Across nodes of a shared store, a lease does what the lock
+            // does within one node.
+            let leased = self.blobs.shared();
+            if leased {
+                let now_ms = req.now.saturating_mul(1000);
+                if !self
+                    .state
+                    .lease(ctx, &self.owner, now_ms, now_ms + self.cfg.lease_ms)
+                    .await?
+                {
+                    return Err(CoreError::Busy);
+                }
+            }
+            let result = async {
+                let stored = self
+                    .store(ctx, offset, &req, guard.cancel.clone(), claim, body)
+                    .await?;
+                let prior_claim = session.md5_claim.clone();
+                self.commit(
                     ctx,
                     Start::At(offset),
                     offset,
@@ -126,7 +139,13 @@ impl Node {
                     &policy,
                     claim,
                 )
-                .await;
+                .await
+            }
+            .await;
+            if leased && let Err(e) = self.state.release(ctx, &self.owner).await {
+                tracing::warn!(ctx, error = %e, "could not release a session lease; it expires by itself");
+            }
+            return result;
         }
         let replayable = session.last_chunk_len.is_some_and(|len| {
             offset.checked_add(len) == Some(session.offset)

@@ -134,6 +134,7 @@ impl App {
                 .map(|c| (c.access_key.clone(), c.secret_key.clone())),
         );
         let core_cfg = Config {
+            lease_ms: 60_000,
             max_chunk: cfg.max_chunk,
             require_expires: cfg.require_expires,
             session_ttl: cfg.session_ttl_secs as i64,

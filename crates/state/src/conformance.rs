@@ -20,6 +20,7 @@ where
     idle_sessions_and_delete(&fresh().await).await;
     racing_advances_have_one_winner(Arc::new(fresh().await)).await;
     tagged_completions_are_logged(&fresh().await).await;
+    leases_admit_one_owner_at_a_time(&fresh().await).await;
     administration_lists_and_deletes(&fresh().await).await;
 }
 
@@ -70,6 +71,34 @@ async fn tagged_completions_are_logged(s: &dyn SessionStore) {
     assert_eq!(s.completions(10).await.unwrap()[0].1.ctx, "t2");
     s.delete_session("t1").await.unwrap();
     assert!(s.get("t1").await.unwrap().is_none());
+}
+
+async fn leases_admit_one_owner_at_a_time(s: &dyn SessionStore) {
+    s.advance("c", new(1, 1)).await.unwrap();
+    assert!(s.lease("c", "node-a", 1000, 2000).await.unwrap());
+    assert!(!s.lease("c", "node-b", 1500, 2500).await.unwrap(), "held by a");
+    assert!(s.lease("c", "node-a", 1500, 3000).await.unwrap(), "a renews");
+    assert!(!s.lease("c", "node-b", 2999, 4000).await.unwrap());
+    assert!(
+        s.lease("c", "node-b", 3001, 4000).await.unwrap(),
+        "expired: b takes over"
+    );
+    s.release("c", "node-a").await.unwrap();
+    assert!(
+        !s.lease("c", "node-a", 3500, 5000).await.unwrap(),
+        "a cannot release b's lease"
+    );
+    s.release("c", "node-b").await.unwrap();
+    assert!(s.lease("c", "node-a", 3500, 5000).await.unwrap());
+    assert!(matches!(
+        s.lease("missing", "node-a", 0, 1).await,
+        Err(StateError::NotFound)
+    ));
+    let committed = s.advance("c", at(1, 1, 2)).await.unwrap();
+    assert_eq!(
+        committed.session.offset, 2,
+        "a lease does not block the offset's own CAS"
+    );
 }
 
 async fn administration_lists_and_deletes(s: &dyn SessionStore) {

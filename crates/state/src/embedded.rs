@@ -413,4 +413,42 @@ impl SessionStore for EmbeddedStore {
         })
         .await
     }
+    async fn lease(&self, ctx: &str, owner: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
+        let (ctx, owner) = (ctx.to_owned(), owner.to_owned());
+        self.blocking(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE sessions SET lease_owner = ?2, lease_until = ?4
+                     WHERE ctx = ?1 AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_until < ?3)",
+                    params![ctx, owner, now_ms, until_ms],
+                )
+                .map_err(backend)?;
+            if n == 1 {
+                return Ok(true);
+            }
+            let exists = c
+                .query_row("SELECT 1 FROM sessions WHERE ctx = ?1", [&ctx], |_| Ok(()))
+                .optional()
+                .map_err(backend)?;
+            if exists.is_some() {
+                Ok(false)
+            } else {
+                Err(StateError::NotFound)
+            }
+        })
+        .await
+    }
+
+    async fn release(&self, ctx: &str, owner: &str) -> Result<(), StateError> {
+        let (ctx, owner) = (ctx.to_owned(), owner.to_owned());
+        self.blocking(move |c| {
+            c.execute(
+                "UPDATE sessions SET lease_owner = NULL, lease_until = NULL WHERE ctx = ?1 AND lease_owner = ?2",
+                params![ctx, owner],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
 }

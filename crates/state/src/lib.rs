@@ -175,4 +175,14 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Removes one entry of the completion log.
     async fn ack_completion(&self, seq: i64) -> Result<(), StateError>;
+
+    /// Takes or renews the session's write lease for `owner` until
+    /// `until_ms`, unless another owner holds one that has not expired at
+    /// `now_ms`. This serializes writers on *different nodes* of a shared
+    /// store (one node serializes its own requests with a lock). Returns
+    /// whether the lease is `owner`'s; a missing session is `NotFound`.
+    async fn lease(&self, ctx: &str, owner: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError>;
+
+    /// Gives the lease back if `owner` holds it.
+    async fn release(&self, ctx: &str, owner: &str) -> Result<(), StateError>;
 }

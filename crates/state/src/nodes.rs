@@ -8,13 +8,19 @@ use crate::StateError;
 use crate::embedded::{EmbeddedStore, backend};
 use crate::postgres::PgStore;
 
-pub(crate) const SQLITE_MIGRATIONS: &[&str] = &["CREATE TABLE nodes (
+pub(crate) const SQLITE_MIGRATIONS: &[&str] = &[
+    "CREATE TABLE nodes (
     id TEXT PRIMARY KEY,
     url TEXT NOT NULL,
     priority INTEGER NOT NULL,
     load INTEGER NOT NULL,
     heartbeat_ms INTEGER NOT NULL
-);"];
+);",
+    "ALTER TABLE sessions ADD COLUMN lease_owner TEXT; ALTER TABLE sessions ADD COLUMN lease_until INTEGER;",
+];
+
+pub(crate) const PG_LEASE_MIGRATION: &str =
+    "ALTER TABLE sessions ADD COLUMN lease_owner TEXT; ALTER TABLE sessions ADD COLUMN lease_until BIGINT;";
 
 pub(crate) const PG_MIGRATION: &str = "CREATE TABLE nodes (
     id TEXT PRIMARY KEY,

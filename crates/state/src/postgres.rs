@@ -195,7 +195,10 @@ impl PgStore {
             .await
             .map_err(backend)?
             .get(0);
-        let all = MIGRATIONS.iter().copied().chain([crate::nodes::PG_MIGRATION]);
+        let all = MIGRATIONS
+            .iter()
+            .copied()
+            .chain([crate::nodes::PG_MIGRATION, crate::nodes::PG_LEASE_MIGRATION]);
         for (i, sql) in all.enumerate().skip(done as usize) {
             tx.batch_execute(sql).await.map_err(backend)?;
             tx.execute(
@@ -446,6 +449,41 @@ impl SessionStore for PgStore {
         c.execute("DELETE FROM completions WHERE seq = $1", &[&seq])
             .await
             .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn lease(&self, ctx: &str, owner: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE sessions SET lease_owner = $2, lease_until = $4
+                 WHERE ctx = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $3)",
+                &[&ctx, &owner, &now_ms, &until_ms],
+            )
+            .await
+            .map_err(backend)?;
+        if n == 1 {
+            return Ok(true);
+        }
+        let exists = c
+            .query_opt("SELECT 1 FROM sessions WHERE ctx = $1", &[&ctx])
+            .await
+            .map_err(backend)?;
+        if exists.is_some() {
+            Ok(false)
+        } else {
+            Err(StateError::NotFound)
+        }
+    }
+
+    async fn release(&self, ctx: &str, owner: &str) -> Result<(), StateError> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE sessions SET lease_owner = NULL, lease_until = NULL WHERE ctx = $1 AND lease_owner = $2",
+            &[&ctx, &owner],
+        )
+        .await
+        .map_err(backend)?;
         Ok(())
     }
 }

@@ -18,6 +18,7 @@ use futures_util::Stream;
 pub mod conformance;
 pub mod fs;
 pub mod s3;
+pub mod testing;
 
 pub use fs::FsStore;
 
@@ -85,4 +86,11 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// The staged (unpublished) blobs, for recovery and collection.
     async fn list_staged(&self) -> Result<Vec<BlobId>, StorageError>;
+
+    /// Whether several nodes write to this store at once (then writers of
+    /// one session are serialized across nodes by a lease in the session
+    /// store, not only by one node's lock).
+    fn shared(&self) -> bool {
+        false
+    }
 }
