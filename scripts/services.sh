@@ -24,3 +24,16 @@ ensure_postgres() {
   psql "$UPLINE_TEST_POSTGRES" -qAtc "select datname from pg_database where datname like 'upline_test_%'" |
     while read -r db; do psql "$UPLINE_TEST_POSTGRES" -qc "drop database if exists $db" >/dev/null; done
 }
+
+# Garage, the S3-compatible store the S3 and cluster tests run against:
+# installed once from crates.io into ~/.cargo/bin (a long compile, once).
+ensure_garage() {
+  local bin="$HOME/.cargo/bin/garage"
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "2\.5\.0"; then
+    export UPLINE_GARAGE_BIN="$bin"
+    return
+  fi
+  echo "services: installing Garage 2.5.0 with cargo install (this compiles for a while, once)" >&2
+  cargo install garage --locked --version 2.5.0 --quiet
+  export UPLINE_GARAGE_BIN="$bin"
+}

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every test.
-# Services the tests talk to (PostgreSQL) are installed and started by
+# Services the tests talk to (PostgreSQL, Garage) are installed and started by
 # scripts/services.sh, idempotently; everything else the tests start
 # themselves (nodes on port 0, temp data directories, callback servers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_postgres
+ensure_garage
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo fmt --all -- --check

@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod nodes;
 pub mod postgres;
+pub mod testing;
 
 pub use apps::{AppRecord, AppStore, NewVideo, Notification, Video};
 pub use embedded::EmbeddedStore;

@@ -2,42 +2,8 @@
 //! (`scripts/test.sh` starts it if it is down), or `UPLINE_TEST_POSTGRES`.
 //! Each store gets a database of its own.
 
+use upline_state::testing::fresh_database;
 use upline_state::{PgStore, SessionStore, conformance};
-
-fn admin_url() -> String {
-    std::env::var("UPLINE_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A new, empty database; its URL.
-async fn fresh_database() -> String {
-    let admin = admin_url();
-    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at {admin} ({e}); scripts/test.sh starts it")
-        });
-    tokio::spawn(conn);
-    let name = format!("upline_test_{}", rand_suffix());
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
-    format!("{base}/{name}")
-}
-
-fn rand_suffix() -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!(
-        "{}_{}_{}",
-        std::process::id(),
-        t % 1_000_000_000,
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_conforms() {
