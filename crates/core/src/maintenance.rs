@@ -25,6 +25,10 @@ impl Node {
         for id in self.blobs.list_staged().await? {
             let _guard = self.locks.acquire(id.as_str(), false).await;
             match self.state.get(id.as_str()).await? {
+                // On a shared store another node may be writing a first
+                // chunk right now (its session is committed after): only a
+                // node alone with its store can tell orphans from those.
+                None if self.blobs.shared() => {}
                 None => {
                     tracing::info!(blob = id.as_str(), "deleting staged bytes of no session");
                     self.blobs.delete(&id).await?;
