@@ -15,9 +15,20 @@ use upline_storage::testing::Garage;
 const CHUNK: usize = 4 << 20;
 
 async fn lbs(http: &reqwest::Client, node: &str) -> Vec<String> {
-    let r: serde_json::Value =
-        http.get(format!("{node}/lbs?version=1.0&bucketname=doc")).send().await.unwrap().json().await.unwrap();
-    r["upload"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_owned()).collect()
+    let r: serde_json::Value = http
+        .get(format!("{node}/lbs?version=1.0&bucketname=doc"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["upload"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_owned())
+        .collect()
 }
 
 async fn post(
@@ -60,10 +71,33 @@ async fn three_nodes_on_garage_and_postgres() {
     let http = reqwest::Client::new();
     let all: BTreeSet<String> = nodes.iter().map(Proc::base).collect();
     let started = Instant::now();
-    while lbs(&http, &nodes[0].base()).await.into_iter().collect::<BTreeSet<_>>() != all {
-        assert!(started.elapsed() < Duration::from_secs(20), "the LBS never listed all three nodes");
+    while lbs(&http, &nodes[0].base())
+        .await
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        != all
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the LBS never listed all three nodes"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // An LBS-only process lists the same nodes and serves nothing else.
+    let lbs_dir = tempfile::tempdir().unwrap();
+    let lbs_only = Proc::serve(lbs_dir.path(), &["--role", "lbs"], &envs);
+    assert_eq!(
+        lbs(&http, &lbs_only.base())
+            .await
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        all
+    );
+    let refused = post(&http, &lbs_only.base(), &token("x"), 0, true, None, b"x".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(refused.0, 404, "an LBS takes no uploads");
 
     let t = token("film.mp4");
     let mut want = data(100 << 20, 21);
@@ -84,10 +118,19 @@ async fn three_nodes_on_garage_and_postgres() {
             let alt = data(CHUNK, 99);
             let (a, b) = (nodes[0].base(), nodes[1].base());
             let (ra, rb) = tokio::join!(
-                post(&http, &a, &t, offset, false, ctx.as_deref(), want[offset..end].to_vec()),
+                post(
+                    &http,
+                    &a,
+                    &t,
+                    offset,
+                    false,
+                    ctx.as_deref(),
+                    want[offset..end].to_vec()
+                ),
                 post(&http, &b, &t, offset, false, ctx.as_deref(), alt.clone()),
             );
-            let (sa, sb) = (ra.unwrap().0, rb.unwrap().0);
+            let (ra, rb) = (ra.unwrap(), rb.unwrap());
+            let (sa, sb) = (ra.0, rb.0);
             let mut statuses = [sa, sb];
             statuses.sort();
             assert_eq!(statuses, [200, 400], "exactly one racer wins");
@@ -99,7 +142,17 @@ async fn three_nodes_on_garage_and_postgres() {
         }
         let node = live[turn % live.len()].clone();
         turn += 1;
-        match post(&http, &node, &t, offset, complete, ctx.as_deref(), want[offset..end].to_vec()).await {
+        match post(
+            &http,
+            &node,
+            &t,
+            offset,
+            complete,
+            ctx.as_deref(),
+            want[offset..end].to_vec(),
+        )
+        .await
+        {
             Ok((200, b)) => {
                 assert_eq!(b["offset"], end as u64, "{b}");
                 ctx = Some(b["context"].as_str().unwrap().to_owned());
@@ -108,14 +161,21 @@ async fn three_nodes_on_garage_and_postgres() {
             failure => {
                 // The node is gone: back to the LBS (of a live node) until
                 // it no longer lists the dead one; the chunk is sent again.
-                assert_eq!(Some(&node), killed.as_ref(), "only the killed node fails: {failure:?}");
+                assert_eq!(
+                    Some(&node),
+                    killed.as_ref(),
+                    "only the killed node fails: {failure:?}"
+                );
                 let started = Instant::now();
                 loop {
                     live = lbs(&http, &nodes[0].base()).await;
                     if !live.contains(&node) {
                         break;
                     }
-                    assert!(started.elapsed() < Duration::from_secs(10), "the LBS still lists the killed node");
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "the LBS still lists the killed node"
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 live.dedup();
@@ -123,7 +183,11 @@ async fn three_nodes_on_garage_and_postgres() {
         }
     }
     assert!(killed.is_some());
-    assert!(!lbs(&http, &nodes[1].base()).await.contains(killed.as_ref().unwrap()));
+    assert!(
+        !lbs(&http, &nodes[1].base())
+            .await
+            .contains(killed.as_ref().unwrap())
+    );
 
     // A node that never saw a chunk serves the object, byte-exact.
     let fresh = Proc::serve(dirs[3].path(), &[], &envs);
@@ -137,9 +201,25 @@ async fn three_nodes_on_garage_and_postgres() {
         .await
         .unwrap();
     assert_eq!(got.len(), want.len());
-    assert!(got == want, "the object read through a fresh node is byte-exact");
+    let first_diff = got.iter().zip(want.iter()).position(|(a, b)| a != b);
+    if let Some(d) = first_diff {
+        let last_diff = got.iter().zip(want.iter()).rposition(|(a, b)| a != b).unwrap();
+        let alt = data(CHUNK, 99);
+        let orig = data(100 << 20, 21);
+        eprintln!(
+            "diff {d}..={last_diff}; got==alt {} got==orig {} zeros {}",
+            got[d..d + 16] == alt[..16],
+            got[d..d + 16] == orig[d..d + 16],
+            got[d..d + 16].iter().all(|b| *b == 0)
+        );
+    }
+    assert!(
+        got == want,
+        "the object read through a fresh node is byte-exact; first difference at {first_diff:?}"
+    );
     for n in nodes {
         n.kill9();
     }
     fresh.kill9();
+    lbs_only.kill9();
 }

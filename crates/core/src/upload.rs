@@ -123,6 +123,20 @@ impl Node {
                 {
                     return Err(CoreError::Busy);
                 }
+                // Another node may have committed this offset between our
+                // read and the lease: writing now would overwrite its bytes.
+                let current = self.live_session(ctx, &req.path, req.now).await;
+                if current
+                    .as_ref()
+                    .map_or(true, |c| c.completed_at.is_some() || c.offset != offset)
+                {
+                    let _ = self.state.release(ctx, &self.owner).await;
+                    return Err(match current {
+                        Ok(c) if c.completed_at.is_some() => CoreError::AlreadyComplete { offset: c.offset },
+                        Ok(c) => CoreError::OffsetMismatch { committed: c.offset },
+                        Err(e) => e,
+                    });
+                }
             }
             let result = async {
                 let stored = self

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use upline_core::{CallbackSender, ChunkRequest, Config, CoreError, Keyring, Node};
 use upline_proto::callback::CallbackBody;
 use upline_proto::{ObjectPath, PutPolicy, UploadParams};
-use upline_state::EmbeddedStore;
+use upline_state::{Advance, Advanced, EmbeddedStore, ObjectRecord, Session, SessionStore, StateError};
 use upline_storage::conformance::body;
 use upline_storage::{BlobId, BlobStore, ByteStream, FsStore, StorageError};
 
@@ -55,11 +55,20 @@ fn node(dir: &std::path::Path) -> Node {
 }
 
 fn req(offset: u64, ctx: Option<&str>) -> ChunkRequest {
-    let token = PutPolicy { bucket: "doc".into(), object: "o".into(), expires: Some(10_000), ..Default::default() }
-        .sign("ak", b"sk");
+    let token = PutPolicy {
+        bucket: "doc".into(),
+        object: "o".into(),
+        expires: Some(10_000),
+        ..Default::default()
+    }
+    .sign("ak", b"sk");
     ChunkRequest {
         path: ObjectPath::parse("/doc/o").unwrap(),
-        params: UploadParams { offset, complete: false, context: ctx.map(str::to_owned) },
+        params: UploadParams {
+            offset,
+            complete: false,
+            context: ctx.map(str::to_owned),
+        },
         token: Some(token),
         content_length: None,
         content_type: None,
@@ -72,7 +81,11 @@ fn req(offset: u64, ctx: Option<&str>) -> ChunkRequest {
 async fn a_session_being_written_on_one_node_is_busy_on_another() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (Arc::new(node(dir.path())), Arc::new(node(dir.path())));
-    let ctx = a.upload_chunk(req(0, None), body(vec![vec![1; 10]])).await.unwrap().context;
+    let ctx = a
+        .upload_chunk(req(0, None), body(vec![vec![1; 10]]))
+        .await
+        .unwrap()
+        .context;
 
     // B starts a chunk whose body is slow to arrive.
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -91,6 +104,111 @@ async fn a_session_being_written_on_one_node_is_busy_on_another() {
     tx.send(()).unwrap();
     assert_eq!(writer.await.unwrap().unwrap().offset, 30, "the lease holder wins");
     // The lease was given back: A continues the session.
-    let r = a.upload_chunk(req(30, Some(&ctx)), body(vec![vec![4; 5]])).await.unwrap();
+    let r = a
+        .upload_chunk(req(30, Some(&ctx)), body(vec![vec![4; 5]]))
+        .await
+        .unwrap();
     assert_eq!(r.offset, 35);
+}
+
+/// Delegates to a real store, but holds `lease` until the gate opens: the
+/// moment between a node's read of the session and its lease.
+struct GatedLease {
+    inner: Arc<EmbeddedStore>,
+    gate: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
+#[async_trait::async_trait]
+impl SessionStore for GatedLease {
+    async fn get(&self, ctx: &str) -> Result<Option<Session>, StateError> {
+        self.inner.get(ctx).await
+    }
+    async fn advance(&self, ctx: &str, change: Advance) -> Result<Advanced, StateError> {
+        self.inner.advance(ctx, change).await
+    }
+    async fn get_object(&self, b: &str, o: &str) -> Result<Option<ObjectRecord>, StateError> {
+        self.inner.get_object(b, o).await
+    }
+    async fn set_object_md5(&self, b: &str, o: &str, blob: &str, md5: &str) -> Result<bool, StateError> {
+        self.inner.set_object_md5(b, o, blob, md5).await
+    }
+    async fn idle_sessions(&self, before: i64, limit: usize) -> Result<Vec<Session>, StateError> {
+        self.inner.idle_sessions(before, limit).await
+    }
+    async fn delete_session(&self, ctx: &str) -> Result<(), StateError> {
+        self.inner.delete_session(ctx).await
+    }
+    async fn open_sessions(&self, limit: usize) -> Result<Vec<Session>, StateError> {
+        self.inner.open_sessions(limit).await
+    }
+    async fn list_objects(&self, b: Option<&str>, limit: usize) -> Result<Vec<ObjectRecord>, StateError> {
+        self.inner.list_objects(b, limit).await
+    }
+    async fn delete_object(&self, b: &str, o: &str) -> Result<Option<ObjectRecord>, StateError> {
+        self.inner.delete_object(b, o).await
+    }
+    async fn completions(&self, limit: usize) -> Result<Vec<(i64, Session)>, StateError> {
+        self.inner.completions(limit).await
+    }
+    async fn ack_completion(&self, seq: i64) -> Result<(), StateError> {
+        self.inner.ack_completion(seq).await
+    }
+    async fn lease(&self, ctx: &str, owner: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
+        if let Some(gate) = self.gate.lock().await.take() {
+            let _ = gate.await;
+        }
+        self.inner.lease(ctx, owner, now_ms, until_ms).await
+    }
+    async fn release(&self, ctx: &str, owner: &str) -> Result<(), StateError> {
+        self.inner.release(ctx, owner).await
+    }
+}
+
+/// Regression: a node that read the session before another node committed
+/// the same offset took the lease afterwards and overwrote the committed
+/// chunk's staged bytes (seen with S3: a byte-exactness failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_after_another_nodes_commit_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Arc::new(node(dir.path()));
+    let (open, gate) = tokio::sync::oneshot::channel();
+    let gated = Arc::new(GatedLease {
+        inner: Arc::new(EmbeddedStore::open(dir.path().join("state.db")).unwrap()),
+        gate: tokio::sync::Mutex::new(Some(gate)),
+    });
+    let blobs = Arc::new(Shared(FsStore::open(dir.path().join("blobs")).unwrap()));
+    let keys = Keyring::new([("ak".to_owned(), "sk".to_owned())]);
+    let b = Arc::new(Node::new(
+        blobs.clone(),
+        gated,
+        keys,
+        Arc::new(NoCallbacks),
+        Config::default(),
+    ));
+
+    let ctx = a
+        .upload_chunk(req(0, None), body(vec![vec![1; 10]]))
+        .await
+        .unwrap()
+        .context;
+    let late = {
+        let (b, ctx) = (b.clone(), ctx.clone());
+        tokio::spawn(async move { b.upload_chunk(req(10, Some(&ctx)), body(vec![vec![9; 20]])).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await; // b waits at its lease
+    assert_eq!(
+        a.upload_chunk(req(10, Some(&ctx)), body(vec![vec![2; 20]]))
+            .await
+            .unwrap()
+            .offset,
+        30
+    );
+    open.send(()).unwrap();
+    let r = late.await.unwrap();
+    assert!(
+        matches!(r, Err(CoreError::OffsetMismatch { committed: 30 })),
+        "{r:?}"
+    );
+    let stored = upline_storage::conformance::read(blobs.as_ref(), &BlobId::new(&ctx).unwrap(), 10, 20).await;
+    assert_eq!(stored, vec![2; 20], "the committed chunk's bytes are intact");
 }

@@ -171,7 +171,7 @@ impl PgStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(mgr).max_size(16).build().map_err(backend)?;
+        let pool = Pool::builder(mgr).max_size(8).build().map_err(backend)?;
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)

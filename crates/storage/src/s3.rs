@@ -449,6 +449,11 @@ impl BlobStore for S3Store {
         }
     }
 
+    /// Every node writes to the same bucket.
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn list_staged(&self) -> Result<Vec<BlobId>, StorageError> {
         let listing = self
             .s3

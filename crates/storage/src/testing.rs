@@ -85,21 +85,15 @@ impl Garage {
             secret_key: String::new(),
             _dir: dir,
         };
-        let started = Instant::now();
-        let node_id = loop {
-            if let Ok(out) = g.cli(&["node", "id", "-q"]) {
-                break out.trim().split('@').next().unwrap_or_default().to_owned();
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "garage did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node_id])
-            .expect("layout assign");
-        g.cli(&["layout", "apply", "--version", "1"])
-            .expect("layout apply");
+        // `node id` reads the key from disk; `status` needs the server up.
+        let node_id = g.retry("node id", &["node", "id", "-q"]);
+        let node_id = node_id.trim().split('@').next().unwrap_or_default().to_owned();
+        g.retry("status", &["status"]);
+        g.retry(
+            "layout assign",
+            &["layout", "assign", "-z", "dc1", "-c", "1G", &node_id],
+        );
+        g.retry("layout apply", &["layout", "apply", "--version", "1"]);
         let out = g.cli(&["key", "create", "upline-test"]).expect("key create");
         let field = |name: &str| {
             out.lines()
@@ -111,6 +105,18 @@ impl Garage {
         g.access_key = field("Key ID");
         g.secret_key = field("Secret key");
         g
+    }
+
+    /// Runs a command until it succeeds (the server is starting).
+    fn retry(&self, what: &str, args: &[&str]) -> String {
+        let started = Instant::now();
+        loop {
+            match self.cli(args) {
+                Ok(out) => return out,
+                Err(e) if started.elapsed() > Duration::from_secs(30) => panic!("garage {what}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// Runs a garage CLI command against this server; its stdout.

@@ -78,6 +78,15 @@ impl Proc {
     }
 }
 
+/// A failed test must not leave nodes running (they hold ports and
+/// database connections).
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn env_creds() -> [(&'static str, &'static str); 2] {
     [("UPLINE_ACCESS_KEY", AK), ("UPLINE_SECRET_KEY", SK)]
 }
