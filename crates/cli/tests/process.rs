@@ -337,4 +337,23 @@ fn bad_configuration_fails_at_start_with_a_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("public URL"));
+    // Bad backend URLs say what to write instead.
+    for (flag, url, hint) in [
+        ("--storage", "gcs://bucket", "write fs://PATH or s3://"),
+        ("--state", "mysql://db", "postgres://USER@HOST/DATABASE"),
+        ("--storage", "s3://media", "AWS_ACCESS_KEY_ID"),
+    ] {
+        let out = upline()
+            .args(["serve", "--listen", "127.0.0.1:0", flag, url, "--data-dir"])
+            .arg(dir.path())
+            .env("UPLINE_ACCESS_KEY", AK)
+            .env("UPLINE_SECRET_KEY", SK)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{url}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(hint), "{url}: {err}");
+    }
 }

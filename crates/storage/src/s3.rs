@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 
 use crate::{BlobId, BlobStore, ByteStream, StorageError};
 
@@ -350,17 +350,22 @@ impl BlobStore for S3Store {
         Ok(len)
     }
 
+    /// Streams: a published object by ranged GET as the server sends it,
+    /// a staged one chunk object at a time — never the whole range at once.
     async fn read_at(&self, id: &BlobId, offset: u64, len: u64) -> Result<ByteStream, StorageError> {
         let done = final_key(id);
         match self.s3.head(&done).await {
             Ok(meta) => {
                 let end = (offset + len).min(meta.size);
-                let bytes = if offset >= end {
-                    Bytes::new()
-                } else {
-                    self.s3.get_range(&done, offset..end).await.map_err(io_err)?
+                if offset >= end {
+                    return Ok(Box::pin(futures_util::stream::empty()));
+                }
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(offset..end)),
+                    ..Default::default()
                 };
-                return Ok(Box::pin(futures_util::stream::iter([Ok(bytes)])));
+                let stream = self.s3.get_opts(&done, opts).await.map_err(io_err)?.into_stream();
+                return Ok(Box::pin(stream.map(|r| r.map_err(io::Error::other))));
             }
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(io_err(e)),
@@ -369,21 +374,27 @@ impl BlobStore for S3Store {
         if !st.any {
             return Err(StorageError::NotFound);
         }
-        // Up to the end of the contiguous chain (a short blob ends early).
-        let mut reach = 0;
-        while let Some(len) = st.chunks.get(&reach) {
-            if *len == 0 {
+        // The pieces of [offset, end) along the contiguous chain of chunks
+        // from 0 (a short blob ends early).
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        let end = offset.saturating_add(len);
+        while let Some(&n) = st.chunks.get(&start) {
+            if n == 0 || start >= end {
                 break;
             }
-            reach += len;
+            let (from, to) = (offset.max(start), end.min(start + n));
+            if from < to {
+                pieces.push((chunk_key(id, start), (from - start)..(to - start)));
+            }
+            start += n;
         }
-        let end = (offset + len).min(reach);
-        let bytes = if offset >= end {
-            BytesMut::new()
-        } else {
-            self.gather(id, &st.chunks, offset, end).await?
-        };
-        Ok(Box::pin(futures_util::stream::iter([Ok(bytes.freeze())])))
+        let s3 = self.s3.clone();
+        let stream = futures_util::stream::iter(pieces).then(move |(key, range)| {
+            let s3 = s3.clone();
+            async move { s3.get_range(&key, range).await.map_err(io::Error::other) }
+        });
+        Ok(Box::pin(stream))
     }
 
     async fn publish(&self, id: &BlobId, size: u64) -> Result<(), StorageError> {
