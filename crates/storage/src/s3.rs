@@ -207,29 +207,25 @@ impl S3Store {
             if let Some(off) = name.strip_prefix('c').and_then(|n| n.parse::<u64>().ok()) {
                 st.chunks.insert(off, meta.size);
             } else if let Some(n) = name.strip_prefix('p').and_then(|n| n.parse::<usize>().ok()) {
-                let id_bytes = self
-                    .s3
-                    .get(&meta.location)
-                    .await
-                    .map_err(io_err)?
-                    .bytes()
-                    .await
-                    .map_err(io_err)?;
-                st.parts
-                    .insert(n, String::from_utf8_lossy(&id_bytes).into_owned());
+                st.parts.insert(n, self.text(&meta.location).await?);
             } else if name == "upload" {
-                let b = self
-                    .s3
-                    .get(&meta.location)
-                    .await
-                    .map_err(io_err)?
-                    .bytes()
-                    .await
-                    .map_err(io_err)?;
-                st.upload = Some(String::from_utf8_lossy(&b).into_owned());
+                st.upload = Some(self.text(&meta.location).await?);
             }
         }
         Ok(st)
+    }
+
+    /// A small text object (an upload or part id).
+    async fn text(&self, at: &Path) -> Result<String, StorageError> {
+        let bytes = self
+            .s3
+            .get(at)
+            .await
+            .map_err(io_err)?
+            .bytes()
+            .await
+            .map_err(io_err)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// The bytes `[from, to)` from the chain of chunk objects; errors if a
