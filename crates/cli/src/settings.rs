@@ -47,12 +47,27 @@ pub fn load<T: Serialize>(common: &CommonArgs, flags: &T) -> anyhow::Result<Serv
         }
         fig = fig.merge(Toml::file(path));
     }
+    // Only variables that name an option are configuration: UPLINE_ACCESS_KEY,
+    // UPLINE_CONFIG or a test harness's UPLINE_TEST_* must not be taken
+    // for unknown options (the config file stays strict).
+    let known = config_keys();
     fig = fig
-        .merge(Env::prefixed("UPLINE_").ignore(&["access_key", "secret_key", "config"]))
+        .merge(
+            Env::prefixed("UPLINE_")
+                .filter(move |k| known.iter().any(|f| k.as_str().eq_ignore_ascii_case(f))),
+        )
         .merge(Serialized::defaults(common))
         .merge(Serialized::defaults(flags));
     fig.extract()
-        .context("invalid configuration (see docs/CONFIG.md for every option)")
+        .context("invalid configuration (see the README's configuration table)")
+}
+
+/// The option names of [`ServerConfig`], from its own serialization.
+fn config_keys() -> Vec<String> {
+    match serde_json::to_value(ServerConfig::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().filter(|k| *k != "credentials").cloned().collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Fills `cfg.credentials` by the precedence above. With `generate`

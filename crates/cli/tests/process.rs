@@ -272,7 +272,10 @@ async fn configuration_file_then_environment_then_flags() {
     let node = Proc::serve(
         d2.path(),
         &["--config", conf_s],
-        &[("UPLINE_PUBLIC_URL", "http://from-env")],
+        &[
+            ("UPLINE_PUBLIC_URL", "http://from-env"),
+            ("UPLINE_TEST_SOMETHING_ELSE", "not an option"),
+        ],
     );
     assert_eq!(lbs(&node).await, "http://from-env");
     node.kill9();

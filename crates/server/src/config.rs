@@ -1,5 +1,5 @@
 //! Typed configuration of a node. The command line fills it from flags,
-//! environment variables and a TOML file (see `docs/CONFIG.md`).
+//! environment variables and a TOML file (see the README's configuration table).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
