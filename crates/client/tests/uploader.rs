@@ -363,3 +363,53 @@ async fn a_forgotten_session_starts_over_with_a_warning() {
             .any(|e| matches!(e, Event::Warning { message, .. } if message.contains("no longer knows")))
     );
 }
+
+/// An LBS answering with a fixed body, counting its hits.
+async fn fixed_lbs(body: serde_json::Value) -> (String, Arc<AtomicU32>) {
+    let hits = Arc::new(AtomicU32::new(0));
+    let counter = hits.clone();
+    let body = body.to_string();
+    let router = axum::Router::new().route(
+        "/lbs",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            async move { body }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/lbs", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
+    (url, hits)
+}
+
+#[tokio::test]
+async fn the_lbs_address_from_the_answer_is_asked_next() {
+    let s = server().await;
+    let dead = {
+        let d = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", d.local_addr().unwrap())
+    };
+    // The second LBS (the "by IP" one) knows the live node.
+    let (second, second_hits) = fixed_lbs(serde_json::json!({"lbs": "", "upload": [s.base]})).await;
+    // The configured LBS lists only a dead node and points at the second.
+    let (first, first_hits) = fixed_lbs(serde_json::json!({"lbs": second, "upload": [dead]})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(100_000, 8);
+    let path = file(dir.path(), "f", &bytes);
+    let up = builder(&Events::default(), dir.path())
+        .lbs(first)
+        .build()
+        .unwrap();
+    up.upload_file(&path, "doc", "f").await.unwrap();
+    assert_eq!(s.stored("f").await, bytes);
+    assert_eq!(
+        first_hits.load(Ordering::SeqCst),
+        1,
+        "the configured LBS was asked once"
+    );
+    assert!(
+        second_hits.load(Ordering::SeqCst) >= 1,
+        "then the address it gave"
+    );
+}
