@@ -1,0 +1,91 @@
+//! `upline-bench`: load against an upline node or a tus 1.0 server; one
+//! JSON report line per scenario on stdout.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use upline_bench::{Proto, Target};
+
+#[derive(Parser)]
+#[command(name = "upline-bench", about = "Load generator for upline and tus servers")]
+struct Cli {
+    /// Base URL of the server (http://127.0.0.1:8080).
+    #[arg(long)]
+    url: String,
+    /// upline or tus.
+    #[arg(long, default_value = "upline", value_parser = ["upline", "tus"])]
+    proto: String,
+    /// The server's process id, for its RSS and CPU figures.
+    #[arg(long)]
+    pid: Option<u32>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// One upload over one keep-alive connection.
+    Single {
+        #[arg(long, default_value = "1GiB", value_parser = size)]
+        size: u64,
+        #[arg(long, default_value = "4MiB", value_parser = size)]
+        chunk: u64,
+        /// Send each chunk's Content-MD5.
+        #[arg(long)]
+        md5: bool,
+    },
+    /// Many uploads at once.
+    Concurrent {
+        #[arg(long, default_value_t = 256)]
+        uploads: usize,
+        #[arg(long, default_value = "16MiB", value_parser = size)]
+        size: u64,
+        #[arg(long, default_value = "1MiB", value_parser = size)]
+        chunk: u64,
+    },
+    /// GET /lbs from many connections.
+    Lbs {
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Resume-point queries of one session.
+    Query {
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    parse_size::parse_size(s).map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let proto = match cli.proto.as_str() {
+        "tus" => Proto::Tus,
+        _ => Proto::Upline {
+            access_key: std::env::var("UPLINE_ACCESS_KEY").unwrap_or_default(),
+            secret_key: std::env::var("UPLINE_SECRET_KEY").unwrap_or_default(),
+        },
+    };
+    let t = Target {
+        base: cli.url.trim_end_matches('/').to_owned(),
+        proto,
+        pid: cli.pid,
+    };
+    let report = match cli.scenario {
+        Scenario::Single { size, chunk, md5 } => upline_bench::single(&t, size, chunk as usize, md5).await?,
+        Scenario::Concurrent { uploads, size, chunk } => {
+            upline_bench::concurrent(&t, uploads, size, chunk as usize).await?
+        }
+        Scenario::Lbs { connections, seconds } => {
+            upline_bench::lbs(&t, connections, Duration::from_secs(seconds)).await?
+        }
+        Scenario::Query { count } => upline_bench::query(&t, count).await?,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

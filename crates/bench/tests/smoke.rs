@@ -1,0 +1,38 @@
+//! A seconds-long run of every scenario against a node in this process, so
+//! the harness keeps compiling and working (the real runs: bench/run.sh).
+
+use std::time::Duration;
+
+use upline_bench::{Proto, Target};
+use upline_server::testing::{ACCESS_KEY, SECRET_KEY, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_and_reports() {
+    let srv = TestServer::start(|_| {}).await;
+    let t = Target {
+        base: srv.base.clone(),
+        proto: Proto::Upline {
+            access_key: ACCESS_KEY.into(),
+            secret_key: SECRET_KEY.into(),
+        },
+        pid: Some(std::process::id()),
+    };
+    let r = upline_bench::single(&t, 8 << 20, 1 << 20, false).await.unwrap();
+    assert_eq!((r.bytes, r.requests, r.errors), (8 << 20, 8, 0));
+    assert!(r.mib_per_s > 0.0 && r.p50_ms > 0.0 && r.p99_ms >= r.p50_ms && r.max_ms >= r.p99_ms);
+    assert!(r.server_peak_rss_mib.unwrap() > 1.0 && r.server_cpu_s_per_gib.unwrap() >= 0.0);
+    let r = upline_bench::single(&t, 3 << 20, 1 << 20, true).await.unwrap();
+    assert_eq!((r.bytes, r.errors), (3 << 20, 0));
+    let r = upline_bench::concurrent(&t, 8, 2 << 20, 512 << 10).await.unwrap();
+    assert_eq!((r.bytes, r.requests, r.errors), (16 << 20, 32, 0));
+    assert_eq!(
+        srv.node.bytes_received() as u64,
+        (8 << 20) + (3 << 20) + (16 << 20)
+    );
+    let r = upline_bench::lbs(&t, 4, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(r.requests > 10 && r.errors == 0, "{r:?}");
+    let r = upline_bench::query(&t, 20).await.unwrap();
+    assert_eq!((r.requests, r.errors), (20, 0));
+}
