@@ -74,6 +74,8 @@ pub struct AppState {
     pub node_id: String,
     /// The URL clients reach this node by.
     pub base_url: String,
+    /// The LBS's view of the registry, refreshed at most every 250 ms.
+    pub live_nodes: Arc<handlers::NodeCache>,
     pub cfg: Arc<ServerConfig>,
 }
 
@@ -179,6 +181,7 @@ impl App {
             nodes: stores.nodes,
             node_id: uuid::Uuid::new_v4().simple().to_string(),
             base_url,
+            live_nodes: Arc::new(handlers::NodeCache::new(Duration::from_millis(250))),
             cfg: Arc::new(cfg),
         };
         let router = Router::new()

@@ -108,14 +108,7 @@ pub async fn lbs(
     if let Err(e) = params {
         return render::lbs_error(&e);
     }
-    let since = crate::app::unix_now_ms() - app.cfg.node_ttl_ms as i64;
-    let mut upload: Vec<String> = match app.nodes.live_nodes(since).await {
-        Ok(nodes) => nodes.into_iter().map(|n| n.url).collect(),
-        Err(e) => {
-            tracing::error!(error = %render::chain(&e), "reading the node registry failed");
-            Vec::new()
-        }
-    };
+    let mut upload = app.live_nodes.get(|| live_node_urls(app)).await;
     if upload.is_empty() && app.cfg.role == crate::config::Role::Node {
         upload.push(app.base_url.clone());
     }
@@ -134,6 +127,51 @@ pub async fn lbs(
         _ => format!("{}/lbs", app.base_url),
     };
     Json(LbsOk { lbs, upload }).into_response()
+}
+
+/// The registry's live nodes, best first (read through [`NodeCache`]).
+async fn live_node_urls(app: &AppState) -> Vec<String> {
+    let since = crate::app::unix_now_ms() - app.cfg.node_ttl_ms as i64;
+    match app.nodes.live_nodes(since).await {
+        Ok(nodes) => nodes.into_iter().map(|n| n.url).collect(),
+        Err(e) => {
+            tracing::error!(error = %render::chain(&e), "reading the node registry failed");
+            Vec::new()
+        }
+    }
+}
+
+/// The LBS answer's node list, read from the registry at most every
+/// `ttl`: a busy LBS must not put a database query behind every request
+/// (measured: 1.2k req/s at p50 50 ms with one query each). A stale entry
+/// lives at most `ttl` longer than `node_ttl_ms`.
+pub struct NodeCache {
+    ttl: std::time::Duration,
+    cached: tokio::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
+}
+
+impl NodeCache {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            ttl,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get<F: std::future::Future<Output = Vec<String>>>(
+        &self,
+        load: impl FnOnce() -> F,
+    ) -> Vec<String> {
+        let mut cached = self.cached.lock().await;
+        match &*cached {
+            Some((at, nodes)) if at.elapsed() < self.ttl => nodes.clone(),
+            _ => {
+                let nodes = load().await;
+                *cached = Some((std::time::Instant::now(), nodes.clone()));
+                nodes
+            }
+        }
+    }
 }
 
 /// `POST /stat/sdk`: read (bounded) and ignore the mobile SDK statistics,
