@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark runs (not part of CI).
+
+Runs each scenario against each contender, alternating A B A B, RUNS times,
+and prints medians and min-max as a Markdown table. Contenders so far:
+upline (release build, embedded default), the disk's limit (dd with a sync
+every 4 MiB), one core's MD5 speed (openssl), and nginx reading and
+discarding 4 MiB bodies / answering /lbs with a fixed body (loopback
+limit). The peers of issue 6 (rustus, @tus/server) come next: their tus
+side of the load generator exists (`upline-bench --proto tus`).
+
+Usage: python3 bench/run.py [--runs 5] [--size 1GiB]
+"""
+import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "upline", "-p", "upline-bench"], cwd=ROOT, check=True)
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Upline:
+    name = "upline"
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(prefix="upline-bench-", dir=ROOT)
+        self.port = free_port()
+        env = dict(os.environ, UPLINE_ACCESS_KEY="bench", UPLINE_SECRET_KEY="bench-secret")
+        self.proc = subprocess.Popen([os.path.join(BIN, "upline"), "serve", "--listen", f"127.0.0.1:{self.port}",
+                                      "--data-dir", self.dir], env=env, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        return self
+
+    def bench(self, *args):
+        env = dict(os.environ, UPLINE_ACCESS_KEY="bench", UPLINE_SECRET_KEY="bench-secret")
+        out = subprocess.run([os.path.join(BIN, "upline-bench"), "--url", f"http://127.0.0.1:{self.port}",
+                              "--pid", str(self.proc.pid), *args], env=env, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    def __exit__(self, *a):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Nginx:
+    """Loopback limit: nginx reading and discarding bodies, a fixed /lbs."""
+    name = "nginx"
+
+    def __enter__(self):
+        if not shutil.which("nginx"):
+            subprocess.run("apt-get install -y -qq nginx >/dev/null", shell=True, check=True)
+        self.dir = tempfile.mkdtemp(prefix="nginx-bench-")
+        self.port = free_port()
+        conf = f"""
+daemon off; worker_processes 1; pid {self.dir}/nginx.pid; error_log {self.dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{ access_log off; client_body_temp_path {self.dir}; client_max_body_size 5m;
+  client_body_buffer_size 4m;
+  server {{ listen 127.0.0.1:{self.port};
+    location = /lbs {{ default_type application/json;
+      return 200 '{{"lbs":"http://127.0.0.1:{self.port}/lbs","upload":["http://127.0.0.1:{self.port}","http://127.0.0.1:{self.port}"]}}'; }}
+    location / {{ return 200 '{{"offset":0,"context":"x","requestId":"r","requestID":"r","callbackRetMsg":""}}'; }}
+  }} }}
+"""
+        open(f"{self.dir}/nginx.conf", "w").write(conf)
+        self.proc = subprocess.Popen(["nginx", "-c", f"{self.dir}/nginx.conf", "-p", self.dir],
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        return self
+
+    def bench(self, *args):
+        env = dict(os.environ, UPLINE_ACCESS_KEY="bench", UPLINE_SECRET_KEY="bench-secret")
+        out = subprocess.run([os.path.join(BIN, "upline-bench"), "--url", f"http://127.0.0.1:{self.port}",
+                              "--pid", str(self.proc.pid), *args], env=env, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    def __exit__(self, *a):
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def dd_sync(size_mib):
+    """The disk's limit: the same bytes, synced every 4 MiB; MiB/s."""
+    path = os.path.join(ROOT, "target", "dd-bench")
+    t = time.time()
+    sh(f"dd if=/dev/zero of={path} bs=4M count={size_mib // 4} oflag=dsync 2>/dev/null")
+    dt = time.time() - t
+    os.remove(path)
+    return size_mib / dt
+
+
+def md5_core():
+    """One core's MD5 speed at 16 KiB blocks, MiB/s."""
+    line = sh("openssl speed -evp md5 -seconds 2 2>/dev/null | tail -1").split()
+    return float(line[-2].rstrip("k")) * 1000 / (1 << 20)
+
+
+def summary(values):
+    return f"{statistics.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--size", default="1GiB")
+    a = ap.parse_args()
+    size_mib = int(a.size.rstrip("GiB")) * 1024 if a.size.endswith("GiB") else int(a.size.rstrip("MiB"))
+    build()
+    rows = {}
+    for _ in range(a.runs):
+        with Upline() as u:
+            rows.setdefault("single, upline (fsync every chunk)", []).append(u.bench("single", "--size", a.size)["mib_per_s"])
+        rows.setdefault("single, dd with a sync every 4 MiB", []).append(dd_sync(size_mib))
+        with Upline() as u:
+            rows.setdefault("single + Content-MD5, upline", []).append(
+                u.bench("single", "--size", a.size, "--md5")["mib_per_s"])
+        rows.setdefault("MD5, one core (openssl)", []).append(md5_core())
+        with Nginx() as n:
+            rows.setdefault("single, nginx discarding (loopback)", []).append(n.bench("single", "--size", a.size)["mib_per_s"])
+            rows.setdefault("lbs req/s, nginx return 200", []).append(n.bench("lbs", "--seconds", "5")["requests_per_s"])
+        with Upline() as u:
+            rows.setdefault("lbs req/s, upline", []).append(u.bench("lbs", "--seconds", "5")["requests_per_s"])
+            c = u.bench("concurrent", "--uploads", "256", "--size", "16MiB", "--chunk", "1MiB")
+            rows.setdefault("concurrent 256×16 MiB, upline MiB/s", []).append(c["mib_per_s"])
+            rows.setdefault("concurrent, upline peak RSS MiB", []).append(c["server_peak_rss_mib"])
+            rows.setdefault("query p50 µs, upline", []).append(u.bench("query")["p50_ms"] * 1000)
+    print(f"| scenario ({a.runs} runs, A B A B) | median (min–max) |")
+    print("|---|---|")
+    for k, v in rows.items():
+        print(f"| {k} | {summary(v)} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
