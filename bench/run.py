@@ -6,8 +6,8 @@ and prints medians and min-max as a Markdown table. Contenders so far:
 upline (release build, embedded default), the disk's limit (dd with a sync
 every 4 MiB), one core's MD5 speed (openssl), and nginx reading and
 discarding 4 MiB bodies / answering /lbs with a fixed body (loopback
-limit). The peers of issue 6 (rustus, @tus/server) come next: their tus
-side of the load generator exists (`upline-bench --proto tus`).
+limit), and the peer @tus/server (npm, `bench/tus-node`). rustus comes
+next (`cargo install rustus --locked`, a long compile).
 
 Usage: python3 bench/run.py [--runs 5] [--size 1GiB]
 """
@@ -96,6 +96,33 @@ http {{ access_log off; client_body_temp_path {self.dir}; client_max_body_size 5
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class TusNode:
+    """@tus/server 2.x with @tus/file-store (npm, installed here on first use)."""
+    name = "@tus/server"
+
+    def __enter__(self):
+        here = os.path.join(ROOT, "bench", "tus-node")
+        if not os.path.isdir(os.path.join(here, "node_modules")):
+            subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=here, check=True)
+        self.dir = tempfile.mkdtemp(prefix="tus-bench-")
+        self.port = free_port()
+        env = dict(os.environ, PORT=str(self.port), DIR=self.dir)
+        self.proc = subprocess.Popen(["node", "server.mjs"], cwd=here, env=env, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        return self
+
+    def bench(self, *args):
+        out = subprocess.run([os.path.join(BIN, "upline-bench"), "--url", f"http://127.0.0.1:{self.port}",
+                              "--proto", "tus", "--pid", str(self.proc.pid), *args],
+                             check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    def __exit__(self, *a):
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def dd_sync(size_mib):
     """The disk's limit: the same bytes, synced every 4 MiB; MiB/s."""
     path = os.path.join(ROOT, "target", "dd-bench")
@@ -128,6 +155,8 @@ def main():
         with Upline() as u:
             rows.setdefault("single, upline (fsync every chunk)", []).append(u.bench("single", "--size", a.size)["mib_per_s"])
         rows.setdefault("single, dd with a sync every 4 MiB", []).append(dd_sync(size_mib))
+        with TusNode() as t:
+            rows.setdefault("single, @tus/server file-store", []).append(t.bench("single", "--size", a.size)["mib_per_s"])
         with Upline() as u:
             rows.setdefault("single + Content-MD5, upline", []).append(
                 u.bench("single", "--size", a.size, "--md5")["mib_per_s"])
