@@ -26,7 +26,7 @@ ensure_postgres() {
 }
 
 # Garage, the S3-compatible store the S3 and cluster tests run against:
-# installed once from crates.io into ~/.cargo/bin (a long compile, once).
+# installed once with cargo install into ~/.cargo/bin (a long compile, once).
 ensure_garage() {
   local bin="$HOME/.cargo/bin/garage"
   if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "2\.5\.0"; then
