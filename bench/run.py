@@ -6,8 +6,8 @@ and prints medians and min-max as a Markdown table. Contenders so far:
 upline (release build, embedded default), the disk's limit (dd with a sync
 every 4 MiB), one core's MD5 speed (openssl), and nginx reading and
 discarding 4 MiB bodies / answering /lbs with a fixed body (loopback
-limit), and the peer @tus/server (npm, `bench/tus-node`). rustus comes
-next (`cargo install rustus --locked`, a long compile).
+limit), and the peers @tus/server (npm, `bench/tus-node`) and rustus, in
+its default and --force-fsync modes (`cargo install rustus --locked`).
 
 Usage: python3 bench/run.py [--runs 5] [--size 1GiB]
 """
@@ -123,6 +123,37 @@ class TusNode:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class Rustus:
+    """rustus 0.5.x with file storage, bodies up to 4 MiB; `fsync` adds
+    --force-fsync (its fsync-every-chunk mode). Installed with cargo
+    install on first use (a long compile, once)."""
+
+    def __init__(self, fsync):
+        self.fsync = fsync
+        self.name = "rustus --force-fsync" if fsync else "rustus"
+
+    def __enter__(self):
+        binary = os.path.expanduser("~/.cargo/bin/rustus")
+        if not os.path.exists(binary):
+            subprocess.run(["cargo", "install", "rustus", "--locked", "--quiet"], check=True)
+        self.dir = tempfile.mkdtemp(prefix="rustus-bench-", dir=ROOT)
+        self.port = free_port()
+        args = [binary, "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", self.dir,
+                "--info-dir", self.dir, "--max-body-size", "4194304"]
+        if self.fsync:
+            args += ["--force-fsync", "true"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        return self
+
+    bench = TusNode.bench
+
+    def __exit__(self, *a):
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def dd_sync(size_mib):
     """The disk's limit: the same bytes, synced every 4 MiB; MiB/s."""
     path = os.path.join(ROOT, "target", "dd-bench")
@@ -157,6 +188,9 @@ def main():
         rows.setdefault("single, dd with a sync every 4 MiB", []).append(dd_sync(size_mib))
         with TusNode() as t:
             rows.setdefault("single, @tus/server file-store", []).append(t.bench("single", "--size", a.size)["mib_per_s"])
+        for fsync in (True, False):
+            with Rustus(fsync) as r:
+                rows.setdefault(f"single, {r.name}", []).append(r.bench("single", "--size", a.size)["mib_per_s"])
         with Upline() as u:
             rows.setdefault("single + Content-MD5, upline", []).append(
                 u.bench("single", "--size", a.size, "--md5")["mib_per_s"])
