@@ -34,6 +34,14 @@ def free_port():
     return p
 
 
+def run_bench(port, pid, proto, *args):
+    """One upline-bench scenario against 127.0.0.1:port; its report."""
+    env = dict(os.environ, UPLINE_ACCESS_KEY="bench", UPLINE_SECRET_KEY="bench-secret")
+    out = subprocess.run([os.path.join(BIN, "upline-bench"), "--url", f"http://127.0.0.1:{port}", "--proto", proto,
+                          "--pid", str(pid), *args], env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
 class Upline:
     name = "upline"
 
@@ -47,10 +55,7 @@ class Upline:
         return self
 
     def bench(self, *args):
-        env = dict(os.environ, UPLINE_ACCESS_KEY="bench", UPLINE_SECRET_KEY="bench-secret")
-        out = subprocess.run([os.path.join(BIN, "upline-bench"), "--url", f"http://127.0.0.1:{self.port}",
-                              "--pid", str(self.proc.pid), *args], env=env, check=True, capture_output=True, text=True)
-        return json.loads(out.stdout)
+        return run_bench(self.port, self.proc.pid, "upline", *args)
 
     def __exit__(self, *a):
         self.proc.send_signal(signal.SIGTERM)
@@ -85,10 +90,7 @@ http {{ access_log off; client_body_temp_path {self.dir}; client_max_body_size 5
         return self
 
     def bench(self, *args):
-        env = dict(os.environ, UPLINE_ACCESS_KEY="bench", UPLINE_SECRET_KEY="bench-secret")
-        out = subprocess.run([os.path.join(BIN, "upline-bench"), "--url", f"http://127.0.0.1:{self.port}",
-                              "--pid", str(self.proc.pid), *args], env=env, check=True, capture_output=True, text=True)
-        return json.loads(out.stdout)
+        return run_bench(self.port, self.proc.pid, "upline", *args)
 
     def __exit__(self, *a):
         self.proc.terminate()
@@ -112,10 +114,7 @@ class TusNode:
         return self
 
     def bench(self, *args):
-        out = subprocess.run([os.path.join(BIN, "upline-bench"), "--url", f"http://127.0.0.1:{self.port}",
-                              "--proto", "tus", "--pid", str(self.proc.pid), *args],
-                             check=True, capture_output=True, text=True)
-        return json.loads(out.stdout)
+        return run_bench(self.port, self.proc.pid, "tus", *args)
 
     def __exit__(self, *a):
         self.proc.terminate()
