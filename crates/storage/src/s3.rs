@@ -161,10 +161,17 @@ fn final_key(id: &BlobId) -> Path {
 struct Staged {
     /// offset → length of each chunk object.
     chunks: BTreeMap<u64, u64>,
-    upload: Option<String>,
+    upload: Option<IdRecord>,
     /// part number → part id.
-    parts: BTreeMap<usize, String>,
+    parts: BTreeMap<usize, IdRecord>,
     any: bool,
+}
+
+/// An upload or part id: known, or only listed (its object is read when
+/// needed — at completion, not on every chunk's listing).
+enum IdRecord {
+    Listed(Path),
+    Known(String),
 }
 
 impl S3Store {
@@ -207,16 +214,20 @@ impl S3Store {
             if let Some(off) = name.strip_prefix('c').and_then(|n| n.parse::<u64>().ok()) {
                 st.chunks.insert(off, meta.size);
             } else if let Some(n) = name.strip_prefix('p').and_then(|n| n.parse::<usize>().ok()) {
-                st.parts.insert(n, self.text(&meta.location).await?);
+                st.parts.insert(n, IdRecord::Listed(meta.location));
             } else if name == "upload" {
-                st.upload = Some(self.text(&meta.location).await?);
+                st.upload = Some(IdRecord::Listed(meta.location));
             }
         }
         Ok(st)
     }
 
-    /// A small text object (an upload or part id).
-    async fn text(&self, at: &Path) -> Result<String, StorageError> {
+    /// The id a record stands for (read from the bucket if only listed).
+    async fn resolve(&self, record: &IdRecord) -> Result<String, StorageError> {
+        let at = match record {
+            IdRecord::Known(id) => return Ok(id.clone()),
+            IdRecord::Listed(at) => at,
+        };
         let bytes = self
             .s3
             .get(at)
@@ -265,7 +276,7 @@ impl S3Store {
 
     async fn upload_id(&self, id: &BlobId, st: &mut Staged) -> Result<String, StorageError> {
         if let Some(u) = &st.upload {
-            return Ok(u.clone());
+            return self.resolve(u).await;
         }
         let u = self.s3.create_multipart(&final_key(id)).await.map_err(io_err)?;
         self.s3
@@ -275,7 +286,7 @@ impl S3Store {
             )
             .await
             .map_err(io_err)?;
-        st.upload = Some(u.clone());
+        st.upload = Some(IdRecord::Known(u.clone()));
         Ok(u)
     }
 
@@ -298,7 +309,7 @@ impl S3Store {
             .put(&record, PutPayload::from(part.content_id.clone()))
             .await
             .map_err(io_err)?;
-        st.parts.insert(number, part.content_id);
+        st.parts.insert(number, IdRecord::Known(part.content_id));
         Ok(())
     }
 
@@ -413,7 +424,8 @@ impl BlobStore for S3Store {
                 .await
                 .map_err(io_err)?;
             if let Some(u) = &st.upload {
-                let _ = self.s3.abort_multipart(&final_key(id), u).await;
+                let u = self.resolve(u).await?;
+                let _ = self.s3.abort_multipart(&final_key(id), &u).await;
             }
         } else {
             // Parts 1..=full are recorded (each chunk that filled one
@@ -427,13 +439,15 @@ impl BlobStore for S3Store {
             let count = if size > tail_from { full + 1 } else { full } as usize;
             let mut parts = Vec::with_capacity(count);
             for n in 1..=count {
-                let content_id = st.parts.get(&n).cloned().ok_or_else(|| {
+                let record = st.parts.get(&n).ok_or_else(|| {
                     StorageError::Io(io::Error::other(format!(
                         "part {n} of {} was never uploaded",
                         id.as_str()
                     )))
                 })?;
-                parts.push(PartId { content_id });
+                parts.push(PartId {
+                    content_id: self.resolve(record).await?,
+                });
             }
             let upload = self.upload_id(id, &mut st).await?;
             self.s3
@@ -447,7 +461,8 @@ impl BlobStore for S3Store {
     async fn delete(&self, id: &BlobId) -> Result<(), StorageError> {
         let st = self.staged(id).await?;
         if let Some(u) = &st.upload {
-            let _ = self.s3.abort_multipart(&final_key(id), u).await;
+            let u = self.resolve(u).await?;
+            let _ = self.s3.abort_multipart(&final_key(id), &u).await;
         }
         self.clear_staging(id).await?;
         match self.s3.delete(&final_key(id)).await {
