@@ -10,25 +10,6 @@ mod common;
 
 use common::*;
 
-async fn post(
-    http: &reqwest::Client,
-    base: &str,
-    t: &str,
-    offset: u64,
-    complete: bool,
-    ctx: Option<&str>,
-    body: Vec<u8>,
-) -> (u16, serde_json::Value) {
-    let mut url = format!("{base}/doc/film.mp4?offset={offset}&complete={complete}&version=1.0");
-    if let Some(c) = ctx {
-        url.push_str(&format!("&context={c}"));
-    }
-    match http.post(url).header("x-nos-token", t).body(body).send().await {
-        Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or_default()),
-        Err(_) => (0, serde_json::Value::Null),
-    }
-}
-
 async fn resume_point(http: &reqwest::Client, base: &str, t: &str, ctx: &str) -> u64 {
     let url = format!("{base}/doc/film.mp4?uploadContext&context={ctx}&version=1.0");
     let r: serde_json::Value = http
