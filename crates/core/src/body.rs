@@ -2,8 +2,8 @@
 //! MD5 tap that is only installed when a client sent `Content-MD5`.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -30,13 +30,67 @@ impl BodyStop {
     }
 }
 
-/// A running MD5 of the bytes that went through a guarded body.
+/// Bytes gathered before they are hashed on the blocking pool.
+const HASH_BATCH: usize = 256 * 1024;
+
+/// A running MD5 of the bytes that went through a guarded body, computed
+/// off the async worker: frames are batched (by reference, no copy) and
+/// each batch is hashed on the blocking pool while the next one arrives.
+/// Hashing inline stalled the connection's receive for the whole hash
+/// (MD5 runs at about half the loopback's speed), so an upload with
+/// `Content-MD5` ran at a third of one core's MD5 speed; pipelined, the
+/// receive and the hash overlap on two cores.
 #[derive(Clone, Default)]
-pub struct Md5Tap(Arc<Mutex<Md5>>);
+pub struct Md5Tap(Arc<tokio::sync::Mutex<TapState>>);
+
+#[derive(Default)]
+struct TapState {
+    /// `None` while a batch is being hashed (the hasher is with the task).
+    hasher: Option<Md5>,
+    hashing: Option<tokio::task::JoinHandle<Md5>>,
+    batch: Vec<Bytes>,
+    batch_len: usize,
+}
+
+impl TapState {
+    /// The hasher, once the batch in flight (if any) is done.
+    async fn hasher(&mut self) -> Md5 {
+        match self.hashing.take() {
+            Some(task) => task.await.expect("md5 task panicked"),
+            None => self.hasher.take().unwrap_or_default(),
+        }
+    }
+}
 
 impl Md5Tap {
-    pub fn digest(&self) -> [u8; 16] {
-        self.0.lock().expect("md5 tap poisoned").clone().finalize().into()
+    async fn feed(&self, bytes: Bytes) {
+        let mut st = self.0.lock().await;
+        st.batch_len += bytes.len();
+        st.batch.push(bytes);
+        if st.batch_len >= HASH_BATCH {
+            let batch = std::mem::take(&mut st.batch);
+            st.batch_len = 0;
+            let mut hasher = st.hasher().await;
+            st.hashing = Some(tokio::task::spawn_blocking(move || {
+                for b in &batch {
+                    hasher.update(b);
+                }
+                hasher
+            }));
+        }
+    }
+
+    /// The MD5 of everything fed so far (call once the body has ended).
+    pub async fn digest(&self) -> [u8; 16] {
+        let mut st = self.0.lock().await;
+        let mut hasher = st.hasher().await;
+        for b in std::mem::take(&mut st.batch) {
+            hasher.update(&b);
+        }
+        st.batch_len = 0;
+        let out = hasher.clone().finalize().into();
+        st.hasher = Some(hasher);
+        out
     }
 }
 
@@ -72,7 +126,7 @@ pub fn guard(
                         return Some((Err(stop(BodyStop::TooLarge(limit))), None));
                     }
                     if let Some(tap) = &tap {
-                        tap.0.lock().expect("md5 tap poisoned").update(&bytes);
+                        tap.feed(bytes.clone()).await;
                     }
                     Some((Ok::<Bytes, io::Error>(bytes), Some((body, seen))))
                 }
@@ -155,7 +209,10 @@ mod tests {
         .unwrap();
         assert_eq!(got, b"abc");
         assert_eq!(received.load(Ordering::Relaxed), 3);
-        assert_eq!(hex::encode(tap.digest()), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            hex::encode(tap.digest().await),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
         let err = drain(guard(
             body(vec![b"ab".to_vec(), b"cd".to_vec()]),
             3,
@@ -166,6 +223,28 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(BodyStop::of(&err), Some(BodyStop::TooLarge(3)));
+    }
+
+    /// Several batches, frames straddling batch ends: the pipelined digest
+    /// is the digest of the bytes in order.
+    #[tokio::test]
+    async fn tap_digest_spans_batches() {
+        let data: Vec<u8> = (0..HASH_BATCH * 3 + 12_345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let tap = Md5Tap::default();
+        let frames = data.chunks(10_007).map(<[u8]>::to_vec).collect();
+        let got = drain(guard(
+            body(frames),
+            u64::MAX,
+            CancellationToken::new(),
+            Some(tap.clone()),
+            Arc::default(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(got, data);
+        assert_eq!(tap.digest().await, <[u8; 16]>::from(Md5::digest(&data)));
     }
 
     #[tokio::test]

@@ -260,10 +260,11 @@ impl Node {
                 "got {len} bytes of a declared Content-Length"
             )));
         }
-        Ok(Stored {
-            len,
-            digest: tap.map(|t| t.digest()),
-        })
+        let digest = match tap {
+            Some(t) => Some(t.digest().await),
+            None => None,
+        };
+        Ok(Stored { len, digest })
     }
 
     /// Checks what needs the stored bytes, then advances the offset

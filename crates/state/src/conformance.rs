@@ -132,6 +132,7 @@ async fn administration_lists_and_deletes(s: &dyn SessionStore) {
         .map(|s| s.ctx)
         .collect();
     assert_eq!(open, ["open1", "open2"]);
+    assert_eq!(s.count_open().await.unwrap(), 2);
     let other = Advance {
         start: Start::New {
             bucket: "pics".into(),

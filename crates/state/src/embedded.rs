@@ -332,6 +332,19 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
+    async fn count_open(&self) -> Result<u64, StateError> {
+        self.blocking(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM sessions WHERE completed_at IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn open_sessions(&self, limit: usize) -> Result<Vec<Session>, StateError> {
         self.blocking(move |c| {
             let mut stmt = c

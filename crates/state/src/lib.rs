@@ -162,6 +162,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Sessions not yet complete, oldest first (administration).
     async fn open_sessions(&self, limit: usize) -> Result<Vec<Session>, StateError>;
 
+    /// How many sessions are not yet complete (the metrics' gauge).
+    async fn count_open(&self) -> Result<u64, StateError>;
+
     /// Published objects, by bucket and name (administration).
     async fn list_objects(&self, bucket: Option<&str>, limit: usize)
     -> Result<Vec<ObjectRecord>, StateError>;

@@ -381,6 +381,15 @@ impl SessionStore for PgStore {
         Ok(())
     }
 
+    async fn count_open(&self) -> Result<u64, StateError> {
+        let c = self.client().await?;
+        let row = c
+            .query_one("SELECT COUNT(*) FROM sessions WHERE completed_at IS NULL", &[])
+            .await
+            .map_err(backend)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     async fn open_sessions(&self, limit: usize) -> Result<Vec<Session>, StateError> {
         let c = self.client().await?;
         let rows = c

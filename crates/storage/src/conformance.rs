@@ -26,6 +26,7 @@ where
     publish_truncates_and_is_idempotent(&fresh().await).await;
     delete_and_list(&fresh().await).await;
     large_write_in_many_frames(&fresh().await).await;
+    unaligned_writes_and_a_rewrite(&fresh().await).await;
 }
 
 /// A body of the given frames.
@@ -183,4 +184,32 @@ async fn large_write_in_many_frames(store: &dyn BlobStore) {
         data.len() as u64
     );
     assert_eq!(read(store, &b, 0, data.len() as u64).await, data);
+}
+
+/// Chunks at offsets that are not multiples of any block or page size, in
+/// frames of odd sizes, some crossing several of a store's write blocks,
+/// then a shorter retry of the last one: what a store that writes aligned
+/// blocks (`O_DIRECT`) must get right at both ends of every write.
+async fn unaligned_writes_and_a_rewrite(store: &dyn BlobStore) {
+    let b = id("unaligned");
+    let mut model = Vec::new();
+    for (i, len) in [1usize, 4095, 5000, 300_001, 700_003].into_iter().enumerate() {
+        let data = pattern(len, i as u8 + 1);
+        let frames = data.chunks(7919).map(<[u8]>::to_vec).collect();
+        let n = store
+            .write_at(&b, model.len() as u64, body(frames))
+            .await
+            .unwrap();
+        assert_eq!(n, len as u64);
+        model.extend_from_slice(&data);
+    }
+    let last = model.len() - 700_003;
+    let retry = pattern(600_005, 99);
+    let frames = retry.chunks(65_536 + 1).map(<[u8]>::to_vec).collect();
+    store.write_at(&b, last as u64, body(frames)).await.unwrap();
+    model.truncate(last);
+    model.extend_from_slice(&retry);
+    assert_eq!(read(store, &b, 0, model.len() as u64).await, model);
+    store.publish(&b, model.len() as u64).await.unwrap();
+    assert_eq!(read(store, &b, 0, model.len() as u64 + 100).await, model);
 }

@@ -14,7 +14,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::AsyncSeekExt;
 use tokio::task::{JoinHandle, spawn_blocking};
@@ -25,12 +24,20 @@ use crate::{BlobId, BlobStore, ByteStream, StorageError};
 /// request at most are in memory: one being written, one being filled.
 const WRITE_BLOCK: usize = 256 * 1024;
 const READ_BLOCK: usize = 64 * 1024;
+/// The alignment `O_DIRECT` needs of file offsets, lengths and memory: 4 KiB
+/// covers disks of 512-byte and of 4 KiB logical blocks.
+const ALIGN: usize = 4096;
+/// Idle write blocks kept for reuse. Reused memory is memory the machine has
+/// already touched (on the VM we measure on, a never-touched page costs
+/// more than the disk write), and reuse spares the allocator.
+const IDLE_BLOCKS: usize = 64;
 
 /// A [`BlobStore`] on a local file system.
 #[derive(Debug, Clone)]
 pub struct FsStore {
     staging: PathBuf,
     objects: PathBuf,
+    buffers: Arc<Buffers>,
 }
 
 impl FsStore {
@@ -46,7 +53,11 @@ impl FsStore {
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
             fsync_dir(parent)?;
         }
-        Ok(Self { staging, objects })
+        Ok(Self {
+            staging,
+            objects,
+            buffers: Arc::default(),
+        })
     }
 
     fn staged(&self, id: &BlobId) -> PathBuf {
@@ -63,10 +74,10 @@ impl FsStore {
     }
 
     /// Opens the staged file for writing; creates it (durably) at offset 0.
-    fn open_staged(&self, id: &BlobId, offset: u64) -> Result<File, StorageError> {
+    fn open_staged(&self, id: &BlobId, offset: u64) -> Result<Files, StorageError> {
         let path = self.staged(id);
-        match OpenOptions::new().write(true).open(&path) {
-            Ok(f) => Ok(f),
+        let buffered = match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => {
                 let f = OpenOptions::new()
                     .write(true)
@@ -74,11 +85,15 @@ impl FsStore {
                     .truncate(false)
                     .open(&path)?;
                 fsync_dir(&self.staging)?;
-                Ok(f)
+                f
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound),
-            Err(e) => Err(e.into()),
-        }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StorageError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Files {
+            direct: open_direct(&path),
+            buffered,
+        })
     }
 
     fn publish_blocking(&self, id: &BlobId, size: u64) -> Result<(), StorageError> {
@@ -112,34 +127,40 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn join<T>(r: Result<io::Result<T>, tokio::task::JoinError>) -> io::Result<T> {
-    r.map_err(io::Error::other)?
-}
-
 #[async_trait::async_trait]
 impl BlobStore for FsStore {
     async fn write_at(&self, id: &BlobId, offset: u64, mut body: ByteStream) -> Result<u64, StorageError> {
         let this = self.clone();
         let idc = id.clone();
-        let file = spawn_blocking(move || this.open_staged(&idc, offset))
+        let files = spawn_blocking(move || this.open_staged(&idc, offset))
             .await
             .map_err(io::Error::other)??;
-        let file = Arc::new(file);
+        let files = Arc::new(files);
 
         // One block in flight on the blocking pool while the next one fills.
-        let mut inflight: Option<JoinHandle<io::Result<()>>> = None;
-        let mut buf = BytesMut::new();
+        let mut inflight: Option<JoinHandle<(AlignedBuf, io::Result<()>)>> = None;
+        let mut buf: Option<AlignedBuf> = None;
         let mut pos = offset;
         let outcome: Result<(), StorageError> = async {
             while let Some(item) = body.next().await {
-                buf.extend_from_slice(&item.map_err(StorageError::Body)?);
-                if buf.len() >= WRITE_BLOCK {
-                    let block = buf.split().freeze();
-                    if let Some(h) = inflight.take() {
-                        join(h.await)?;
+                let frame = item.map_err(StorageError::Body)?;
+                let mut rest = &frame[..];
+                while !rest.is_empty() {
+                    let block = buf.get_or_insert_with(|| self.buffers.take(block_len(pos)));
+                    rest = &rest[block.push(rest)..];
+                    if block.is_full() {
+                        let full = buf.take().expect("a block is being filled");
+                        if let Some(h) = inflight.take() {
+                            self.buffers.settle(h.await)?;
+                        }
+                        let at = pos;
+                        pos += full.filled().len() as u64;
+                        let files = files.clone();
+                        inflight = Some(spawn_blocking(move || {
+                            let r = files.write_block(full.filled(), at);
+                            (full, r)
+                        }));
                     }
-                    inflight = Some(spawn_pwrite(file.clone(), block.clone(), pos));
-                    pos += block.len() as u64;
                 }
             }
             Ok(())
@@ -148,21 +169,33 @@ impl BlobStore for FsStore {
         // Never return while a write is still running: a later request at
         // the same offset must not race with this one's stale block.
         let last = match inflight.take() {
-            Some(h) => join(h.await),
+            Some(h) => self.buffers.settle(h.await),
             None => Ok(()),
         };
-        outcome?;
+        let tail = buf.take();
+        if let Err(e) = outcome {
+            if let Some(t) = tail {
+                self.buffers.put(t);
+            }
+            return Err(e);
+        }
         last?;
 
-        let tail = buf.freeze();
-        let end = pos + tail.len() as u64;
-        join(
-            spawn_blocking(move || {
-                file.write_all_at(&tail, pos)?;
-                file.sync_data()
-            })
-            .await,
-        )?;
+        let tail_len = tail.as_ref().map_or(0, |t| t.filled().len() as u64);
+        let end = pos + tail_len;
+        let (back, synced) = spawn_blocking(move || {
+            let r = tail
+                .as_ref()
+                .map_or(Ok(()), |t| files.write_tail(t.filled(), pos))
+                .and_then(|()| files.buffered.sync_data());
+            (tail, r)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        if let Some(t) = back {
+            self.buffers.put(t);
+        }
+        synced?;
         Ok(end - offset)
     }
 
@@ -217,6 +250,233 @@ impl BlobStore for FsStore {
     }
 }
 
-fn spawn_pwrite(file: Arc<File>, block: Bytes, pos: u64) -> JoinHandle<io::Result<()>> {
-    spawn_blocking(move || file.write_all_at(&block, pos))
+/// How many bytes the block starting at file offset `pos` takes: up to the
+/// next [`ALIGN`] boundary (written through the page cache) when `pos` is
+/// not aligned, so that every later block is aligned for `O_DIRECT`.
+fn block_len(pos: u64) -> usize {
+    match (pos % ALIGN as u64) as usize {
+        0 => WRITE_BLOCK,
+        r => ALIGN - r,
+    }
+}
+
+/// One staged file, opened twice: through the page cache for unaligned
+/// heads and tails (and `fdatasync`), and with `O_DIRECT` for aligned
+/// blocks when the file system allows it.
+///
+/// Why `O_DIRECT`: copying into the page cache was 54% of the node's CPU
+/// in a profile of a 1 GiB upload, and pages of deleted files go back to the
+/// hypervisor, so that copy often lands on never-touched memory (300 MB/s
+/// on the VM we measure on, while the disk takes 1.6 GB/s). A direct write
+/// goes from our reused block to the disk. Durability still comes from
+/// `fdatasync` (device cache flush, allocation metadata), which is per
+/// inode and so covers both descriptors.
+struct Files {
+    buffered: File,
+    direct: Option<File>,
+}
+
+impl Files {
+    /// Writes a whole block at `pos`: directly when aligned, else (or when
+    /// the file system refuses the direct write) through the page cache,
+    /// with writeback started at once.
+    fn write_block(&self, data: &[u8], pos: u64) -> io::Result<()> {
+        if let Some(direct) = &self.direct
+            && pos % ALIGN as u64 == 0
+            && data.len() % ALIGN == 0
+        {
+            match direct.write_all_at(data, pos) {
+                Ok(()) => return Ok(()),
+                // Alignment the device does not accept: the page cache
+                // takes any write, and overwrites whatever part went out.
+                Err(e) if e.raw_os_error() == Some(EINVAL) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.buffered.write_all_at(data, pos)?;
+        start_writeback(&self.buffered, pos, data.len() as u64);
+        Ok(())
+    }
+
+    /// The last, partial block: its aligned part directly, the rest (less
+    /// than [`ALIGN`] bytes) through the page cache.
+    fn write_tail(&self, data: &[u8], pos: u64) -> io::Result<()> {
+        let aligned = data.len() / ALIGN * ALIGN;
+        let (head, rest) = data.split_at(aligned);
+        if !head.is_empty() {
+            self.write_block(head, pos)?;
+        }
+        if !rest.is_empty() {
+            self.buffered.write_all_at(rest, pos + aligned as u64)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
+const EINVAL: i32 = libc::EINVAL;
+#[cfg(not(target_os = "linux"))]
+const EINVAL: i32 = 22;
+
+/// The file opened with `O_DIRECT`, or `None` where the file system has no
+/// direct I/O (tmpfs, some FUSE and network file systems).
+#[cfg(target_os = "linux")]
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_path: &Path) -> Option<File> {
+    None
+}
+
+/// A write block whose usable part starts on an [`ALIGN`] boundary, as
+/// `O_DIRECT` needs of memory too. Safe code: the vector is over-allocated
+/// and the block starts at the first aligned byte inside it.
+struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+    limit: usize,
+}
+
+impl AlignedBuf {
+    fn new() -> Self {
+        let raw = vec![0u8; WRITE_BLOCK + ALIGN];
+        let start = raw.as_ptr().align_offset(ALIGN);
+        Self {
+            raw,
+            start,
+            len: 0,
+            limit: WRITE_BLOCK,
+        }
+    }
+
+    /// Copies as much of `data` as fits; returns how much that was.
+    fn push(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.limit - self.len);
+        let at = self.start + self.len;
+        self.raw[at..at + n].copy_from_slice(&data[..n]);
+        self.len += n;
+        n
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.limit
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+}
+
+/// The free list of write blocks, shared by all writes of a store.
+#[derive(Default)]
+struct Buffers(std::sync::Mutex<Vec<AlignedBuf>>);
+
+impl std::fmt::Debug for Buffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Buffers")
+    }
+}
+
+impl Buffers {
+    /// An empty block that takes at most `limit` bytes.
+    fn take(&self, limit: usize) -> AlignedBuf {
+        let mut b = self
+            .0
+            .lock()
+            .expect("buffer pool poisoned")
+            .pop()
+            .unwrap_or_else(AlignedBuf::new);
+        b.len = 0;
+        b.limit = limit;
+        b
+    }
+
+    fn put(&self, b: AlignedBuf) {
+        let mut free = self.0.lock().expect("buffer pool poisoned");
+        if free.len() < IDLE_BLOCKS {
+            free.push(b);
+        }
+    }
+
+    /// Takes back the block of a finished write; the write's outcome.
+    fn settle(&self, done: Result<(AlignedBuf, io::Result<()>), tokio::task::JoinError>) -> io::Result<()> {
+        let (b, r) = done.map_err(io::Error::other)?;
+        self.put(b);
+        r
+    }
+}
+
+/// Asks the kernel to start writing a block out now, without waiting, so
+/// that the disk works while the rest of the chunk is still arriving and
+/// the closing `fdatasync` only waits for the tail. Without it, dirty pages
+/// sit in the page cache until the `fdatasync` and the whole chunk's disk
+/// write is serialized after its receipt (measured: see BENCHMARKS.md).
+/// Only a hint: durability still comes from `fdatasync`, so an error is
+/// ignored.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, pos: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a file descriptor `file` keeps open for
+    // the duration of the call; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            pos as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _pos: u64, _len: u64) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_after_an_unaligned_offset_are_aligned() {
+        assert_eq!(block_len(0), WRITE_BLOCK);
+        assert_eq!(block_len(1), ALIGN - 1);
+        assert_eq!(block_len(ALIGN as u64 + 5), ALIGN - 5);
+        assert_eq!(block_len(3 * ALIGN as u64), WRITE_BLOCK);
+        let mut b = AlignedBuf::new();
+        assert_eq!(b.filled().as_ptr().align_offset(ALIGN), 0);
+        b.limit = 3;
+        assert_eq!(b.push(b"abcd"), 3);
+        assert!(b.is_full());
+        assert_eq!(b.filled(), b"abc");
+    }
+
+    /// Whole blocks and a tail land where asked on whichever path the
+    /// file system allows (direct on ext4, the page cache on tmpfs).
+    #[test]
+    fn blocks_and_tails_land_where_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        File::create(&path).unwrap();
+        let files = Files {
+            buffered: OpenOptions::new().write(true).open(&path).unwrap(),
+            direct: open_direct(&path),
+        };
+        let mut data = AlignedBuf::new();
+        data.push(&vec![7u8; WRITE_BLOCK]);
+        files.write_block(data.filled(), 0).unwrap();
+        files.write_tail(b"tail", WRITE_BLOCK as u64).unwrap();
+        files.buffered.sync_data().unwrap();
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!(back.len(), WRITE_BLOCK + 4);
+        assert!(back[..WRITE_BLOCK].iter().all(|&b| b == 7));
+        assert_eq!(&back[WRITE_BLOCK..], b"tail");
+        eprintln!("direct I/O available: {}", files.direct.is_some());
+    }
 }
