@@ -119,6 +119,7 @@ pub struct Node {
     locks: SessionLocks,
     in_flight: AtomicUsize,
     received: Arc<AtomicU64>,
+    chunks: AtomicU64,
     /// This node's name in session leases.
     owner: String,
 }
@@ -140,6 +141,7 @@ impl Node {
             locks: SessionLocks::default(),
             in_flight: AtomicUsize::new(0),
             received: Arc::default(),
+            chunks: AtomicU64::new(0),
             owner: format!("node-{:016x}", rand::random::<u64>()),
         }
     }
@@ -162,6 +164,16 @@ impl Node {
     /// re-sends acknowledged bytes shows up here).
     pub fn bytes_received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Chunks accepted (answered 200, replays included) since start.
+    pub fn chunks_stored(&self) -> u64 {
+        self.chunks.load(Ordering::Relaxed)
+    }
+
+    /// Sessions not yet complete, in the whole session store.
+    pub async fn sessions_open(&self) -> Result<u64, CoreError> {
+        Ok(self.state.count_open().await?)
     }
 
     /// Rule 2: a valid token whose scope is this bucket and object.

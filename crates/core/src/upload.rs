@@ -43,10 +43,14 @@ impl Node {
                 "object would pass ObjectSizeMax ({max} bytes)"
             )));
         }
-        match req.params.context.clone() {
+        let reply = match req.params.context.clone() {
             None => self.first_chunk(req, policy, claim, body).await,
             Some(ctx) => self.next_chunk(&ctx, req, policy, claim, body).await,
+        };
+        if reply.is_ok() {
+            self.chunks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        reply
     }
 
     async fn first_chunk(

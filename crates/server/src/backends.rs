@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use upline_state::{AppStore, EmbeddedStore, NodeRegistry, PgStore, SessionStore};
-use upline_storage::{BlobStore, FsStore};
+use upline_storage::{BlobStore, FsStore, SyncObserver};
 
 use crate::ServerConfig;
 
@@ -67,9 +67,14 @@ impl StorageBackend {
     }
 
     pub async fn open(&self) -> Result<Arc<dyn BlobStore>, BackendUrlError> {
+        self.open_observed(SyncObserver::default()).await
+    }
+
+    /// Opens the store; a local-disk store reports its syncs to `syncs`.
+    pub async fn open_observed(&self, syncs: SyncObserver) -> Result<Arc<dyn BlobStore>, BackendUrlError> {
         match self {
             StorageBackend::Fs { root } => FsStore::open(root)
-                .map(|s| Arc::new(s) as Arc<dyn BlobStore>)
+                .map(|s| Arc::new(s.with_sync_observer(syncs)) as Arc<dyn BlobStore>)
                 .map_err(|e| BackendUrlError(format!("cannot use {}: {e}", root.display()))),
             StorageBackend::S3(c) => upline_storage::s3::S3Store::open(c.clone())
                 .await

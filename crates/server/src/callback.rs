@@ -6,6 +6,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use upline_proto::callback::CallbackBody;
 
+use crate::metrics::CallbackOutcomes;
+
 /// The largest callback answer kept for `callbackRetMsg`.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -13,15 +15,16 @@ const MAX_ANSWER: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct HttpCallbacks {
     client: reqwest::Client,
+    outcomes: CallbackOutcomes,
 }
 
 impl HttpCallbacks {
-    pub fn new() -> Result<Self, reqwest::Error> {
+    pub fn new(outcomes: CallbackOutcomes) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("upline/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client })
+        Ok(Self { client, outcomes })
     }
 }
 
@@ -52,15 +55,31 @@ impl upline_core::CallbackSender for HttpCallbacks {
             }
             Ok(Bytes::from(answer))
         };
-        tokio::time::timeout(timeout, call)
+        let result = tokio::time::timeout(timeout, call)
             .await
-            .unwrap_or_else(|_| Err(format!("callback timed out after {timeout:?}")))
+            .unwrap_or_else(|_| Err(format!("callback timed out after {timeout:?}")));
+        self.outcomes.record("upload", result.is_ok());
+        result
     }
 }
 
 #[async_trait::async_trait]
 impl upline_apps::Notifier for HttpCallbacks {
     async fn notify(&self, url: &str, body: &str, sign: &str, timeout: Duration) -> Result<(), String> {
+        let result = self.send_notification(url, body, sign, timeout).await;
+        self.outcomes.record("notify", result.is_ok());
+        result
+    }
+}
+
+impl HttpCallbacks {
+    async fn send_notification(
+        &self,
+        url: &str,
+        body: &str,
+        sign: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let resp = self
             .client
             .post(url)

@@ -188,6 +188,19 @@ pub async fn stat(body: Body) -> Response {
     StatusCode::OK.into_response()
 }
 
+/// `GET /metrics`.
+pub async fn metrics(app: &AppState) -> Response {
+    let text = app.metrics.render(&app.node).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 pub fn health() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }

@@ -38,6 +38,23 @@ pub struct FsStore {
     staging: PathBuf,
     objects: PathBuf,
     buffers: Arc<Buffers>,
+    on_sync: SyncObserver,
+}
+
+/// Told how long each chunk's closing `fdatasync` took (for metrics).
+#[derive(Clone, Default)]
+pub struct SyncObserver(Option<Arc<dyn Fn(std::time::Duration) + Send + Sync>>);
+
+impl SyncObserver {
+    pub fn new(f: impl Fn(std::time::Duration) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(f)))
+    }
+}
+
+impl std::fmt::Debug for SyncObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "SyncObserver" } else { "None" })
+    }
 }
 
 impl FsStore {
@@ -57,7 +74,14 @@ impl FsStore {
             staging,
             objects,
             buffers: Arc::default(),
+            on_sync: SyncObserver::default(),
         })
+    }
+
+    /// Reports every chunk's `fdatasync` duration to `observer`.
+    pub fn with_sync_observer(mut self, observer: SyncObserver) -> Self {
+        self.on_sync = observer;
+        self
     }
 
     fn staged(&self, id: &BlobId) -> PathBuf {
@@ -183,11 +207,19 @@ impl BlobStore for FsStore {
 
         let tail_len = tail.as_ref().map_or(0, |t| t.filled().len() as u64);
         let end = pos + tail_len;
+        let on_sync = self.on_sync.clone();
         let (back, synced) = spawn_blocking(move || {
             let r = tail
                 .as_ref()
                 .map_or(Ok(()), |t| files.write_tail(t.filled(), pos))
-                .and_then(|()| files.buffered.sync_data());
+                .and_then(|()| {
+                    let started = std::time::Instant::now();
+                    files.buffered.sync_data()?;
+                    if let Some(f) = &on_sync.0 {
+                        f(started.elapsed());
+                    }
+                    Ok(())
+                });
             (tail, r)
         })
         .await

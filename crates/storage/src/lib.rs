@@ -20,7 +20,7 @@ pub mod fs;
 pub mod s3;
 pub mod testing;
 
-pub use fs::FsStore;
+pub use fs::{FsStore, SyncObserver};
 
 /// A stream of body bytes. An `Err` item means the *source* failed (client
 /// gone, body too large, ...): the store reports it as [`StorageError::Body`].
