@@ -64,6 +64,10 @@ struct ServeArgs {
     #[arg(long, value_parser = ["node", "lbs"])]
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<String>,
+    /// Serve the demo page at /demo and its dev-only token endpoint [default: only on loopback with the embedded default].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    demo: Option<bool>,
     #[command(flatten)]
     #[serde(skip)]
     common: CommonArgs,
@@ -135,10 +139,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             app.local_addr(),
             cfg.data_dir.display()
         );
+        if upline_server::demo::enabled(&cfg) {
+            demo_notice(&cfg, app.local_addr());
+        }
         app.run(shutdown_signal()).await;
         anyhow::Ok(())
     })?;
     Ok(())
+}
+
+/// Where the demo is, and a warning when it was turned on where anyone
+/// who reaches the node could get upload tokens from it.
+fn demo_notice(cfg: &upline_server::ServerConfig, addr: SocketAddr) {
+    eprintln!("upline: demo page at http://{addr}/demo (dev only; demo = false turns it off)");
+    if !cfg.listen.ip().is_loopback() {
+        eprintln!(
+            "upline: warning: the demo is on at a non-loopback address: anyone who reaches {addr} can get upload tokens from /demo/token"
+        );
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

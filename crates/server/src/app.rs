@@ -394,6 +394,7 @@ async fn dispatch(State(app): State<AppState>, req: Request) -> Response {
                 crate::download::handle(&app, &rid, path, head, &query, req.headers()).await
             }
             Endpoint::AppApi(call) => crate::appapi::handle(&app, call, req).await,
+            Endpoint::Demo(call) => crate::demo::handle(&app, &rid, call, req).await,
             Endpoint::Refused(msg) => handlers::refused(&rid, StatusCode::BAD_REQUEST, msg),
             Endpoint::NotFound => handlers::refused(&rid, StatusCode::NOT_FOUND, "no such endpoint".into()),
         };

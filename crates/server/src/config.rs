@@ -109,6 +109,9 @@ pub struct ServerConfig {
     /// S3 credentials, when not in `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`.
     pub s3_access_key: Option<String>,
     pub s3_secret_key: Option<Secret>,
+    /// The demo page at `/demo` and its dev-only token endpoint; default:
+    /// on only for the embedded default bound to loopback (see `demo.rs`).
+    pub demo: Option<bool>,
 }
 
 /// What a process serves.
@@ -153,6 +156,7 @@ impl Default for ServerConfig {
             s3_part_size: 8 * 1024 * 1024,
             s3_access_key: None,
             s3_secret_key: None,
+            demo: None,
         }
     }
 }

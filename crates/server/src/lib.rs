@@ -9,6 +9,7 @@ pub mod appapi;
 pub mod backends;
 pub mod callback;
 pub mod config;
+pub mod demo;
 pub mod download;
 pub mod handlers;
 pub mod render;

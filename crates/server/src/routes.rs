@@ -32,6 +32,8 @@ pub enum Endpoint {
     },
     /// The app backend's API (`POST /app/vod/...`).
     AppApi(AppCall),
+    /// The demo page and its token endpoint (served only while the demo is on).
+    Demo(crate::demo::DemoCall),
     /// A request the protocol knows but refuses (400, with this message).
     Refused(String),
     NotFound,
@@ -42,6 +44,9 @@ impl Endpoint {
         let path = uri.path();
         let query = uri.query().unwrap_or("");
         let has_offset = || query.split('&').any(|p| p.starts_with("offset="));
+        if let Some(call) = crate::demo::DemoCall::parse(method, path, has_offset()) {
+            return Endpoint::Demo(call);
+        }
         match (method, path) {
             (&Method::GET | &Method::HEAD, "/healthz") => Endpoint::Health,
             (&Method::OPTIONS, _) => Endpoint::Options,
