@@ -125,7 +125,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     let mut cfg = settings::load(&args.common, &args)?;
     let source = settings::resolve_credentials(&mut cfg, true)?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(upline_server::BLOCKING_THREADS)
+        .build()?;
     runtime.block_on(async move {
         let app = upline_server::App::build(cfg.clone()).await?;
         let access_key = &cfg.credentials[0].access_key;

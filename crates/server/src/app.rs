@@ -63,6 +63,18 @@ pub enum StartError {
     MasterKey(#[from] crate::secrets::KeyError),
 }
 
+/// Threads for blocking file work (writes, fsyncs, SQLite) a node's runtime
+/// should allow. Tokio's default, 512, let 256 concurrent uploads grow the
+/// pool to 509 threads and the node's RSS by ~120 MiB (thread stacks and
+/// allocator arenas); a disk does not get faster past a few dozen
+/// outstanding writes, so further work queues instead.
+pub const BLOCKING_THREADS: usize = 64;
+
+/// The most a connection buffers of a request before the handler takes it
+/// (hyper's default is ~400 KiB): with hundreds of uploads at once this
+/// buffer, not the upload path, was most of the node's memory.
+const CONN_READ_BUFFER: usize = 64 * 1024;
+
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -77,6 +89,7 @@ pub struct AppState {
     /// The LBS's view of the registry, refreshed at most every 250 ms.
     pub live_nodes: Arc<handlers::NodeCache>,
     pub cfg: Arc<ServerConfig>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A built node, bound and ready to serve.
@@ -128,7 +141,10 @@ impl App {
             source,
         };
         std::fs::create_dir_all(&cfg.data_dir).map_err(data_err)?;
-        let blobs = StorageBackend::from_config(&cfg)?.open().await?;
+        let mut metrics = crate::metrics::Metrics::new();
+        let blobs = StorageBackend::from_config(&cfg)?
+            .open_observed(metrics.sync_observer())
+            .await?;
         let stores = StateBackend::from_config(&cfg)?.open().await?;
         let keys = Keyring::new(
             cfg.credentials
@@ -142,7 +158,9 @@ impl App {
             session_ttl: cfg.session_ttl_secs as i64,
             callback_timeout: Duration::from_secs(cfg.callback_timeout_secs),
         };
-        let callbacks = Arc::new(crate::callback::HttpCallbacks::new().map_err(StartError::Http)?);
+        let callbacks = Arc::new(
+            crate::callback::HttpCallbacks::new(metrics.callback_outcomes()).map_err(StartError::Http)?,
+        );
         let node = Arc::new(Node::new(
             blobs,
             stores.sessions.clone(),
@@ -150,6 +168,8 @@ impl App {
             callbacks.clone(),
             core_cfg,
         ));
+        metrics.watch(node.clone());
+        let metrics = Arc::new(metrics);
         let sealer = Sealer::new(&crate::secrets::master_key(&cfg)?);
         let signing = (
             cfg.credentials[0].access_key.clone(),
@@ -182,6 +202,7 @@ impl App {
             node_id: uuid::Uuid::new_v4().simple().to_string(),
             base_url,
             live_nodes: Arc::new(handlers::NodeCache::new(Duration::from_millis(250))),
+            metrics,
             cfg: Arc::new(cfg),
         };
         let router = Router::new()
@@ -234,6 +255,7 @@ impl App {
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(cfg.header_timeout_secs))
             .keep_alive(true)
+            .max_buf_size(CONN_READ_BUFFER)
             .pipeline_flush(true);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
@@ -377,13 +399,16 @@ async fn dispatch(State(app): State<AppState>, req: Request) -> Response {
     async move {
         tracing::debug!("request received");
         let conn = req.extensions().get::<ConnInfo>().copied();
+        let started = std::time::Instant::now();
         let endpoint = match Endpoint::parse(req.method(), req.uri()) {
-            e @ (Endpoint::Health | Endpoint::Lbs(_) | Endpoint::Options) => e,
+            e @ (Endpoint::Health | Endpoint::Lbs(_) | Endpoint::Options | Endpoint::Metrics) => e,
             _ if app.cfg.role == Role::Lbs => Endpoint::NotFound,
             e => e,
         };
+        let label = endpoint.label();
         let mut resp = match endpoint {
             Endpoint::Health => handlers::health(),
+            Endpoint::Metrics => handlers::metrics(&app).await,
             Endpoint::Options => StatusCode::NO_CONTENT.into_response(),
             Endpoint::Lbs(params) => handlers::lbs(&app, params, conn).await,
             Endpoint::Stat => handlers::stat(req.into_body()).await,
@@ -401,6 +426,8 @@ async fn dispatch(State(app): State<AppState>, req: Request) -> Response {
         if let Ok(v) = HeaderValue::from_str(&rid.0) {
             resp.headers_mut().insert("x-request-id", v);
         }
+        app.metrics
+            .request(label, resp.status().as_u16(), started.elapsed());
         resp
     }
     .instrument(span)

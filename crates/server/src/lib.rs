@@ -12,10 +12,11 @@ pub mod config;
 pub mod demo;
 pub mod download;
 pub mod handlers;
+pub mod metrics;
 pub mod render;
 pub mod routes;
 pub mod secrets;
 pub mod testing;
 
-pub use app::{App, StartError, unix_now};
+pub use app::{App, BLOCKING_THREADS, StartError, unix_now};
 pub use config::{Credential, Role, Secret, ServerConfig};

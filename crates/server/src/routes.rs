@@ -19,6 +19,8 @@ pub enum AppCall {
 #[derive(Debug)]
 pub enum Endpoint {
     Health,
+    /// `GET /metrics`: Prometheus text exposition.
+    Metrics,
     /// `OPTIONS` that is not a CORS preflight (those never get here).
     Options,
     Lbs(Result<LbsParams, QueryError>),
@@ -49,6 +51,7 @@ impl Endpoint {
         }
         match (method, path) {
             (&Method::GET | &Method::HEAD, "/healthz") => Endpoint::Health,
+            (&Method::GET, "/metrics") => Endpoint::Metrics,
             (&Method::OPTIONS, _) => Endpoint::Options,
             (&Method::GET, "/lbs") => Endpoint::Lbs(LbsParams::parse(query)),
             // The mobile SDKs' statistics; "stat/sdk" is then no upload path.
@@ -76,6 +79,24 @@ impl Endpoint {
                 }
             }
             _ => Endpoint::NotFound,
+        }
+    }
+
+    /// The endpoint's name in metrics (a fixed set: never a path).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Endpoint::Health => "health",
+            Endpoint::Metrics => "metrics",
+            Endpoint::Options => "options",
+            Endpoint::Lbs(_) => "lbs",
+            Endpoint::Stat => "stat",
+            Endpoint::Upload(..) => "upload",
+            Endpoint::Resume(..) => "query",
+            Endpoint::Download { .. } => "download",
+            Endpoint::AppApi(_) => "app_api",
+            Endpoint::Demo(_) => "demo",
+            Endpoint::Refused(_) => "refused",
+            Endpoint::NotFound => "not_found",
         }
     }
 

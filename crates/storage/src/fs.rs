@@ -20,17 +20,24 @@ use tokio::task::{JoinHandle, spawn_blocking};
 
 use crate::{BlobId, BlobStore, ByteStream, StorageError};
 
-/// Bytes gathered from the body before one `pwrite`. Two such blocks per
-/// request at most are in memory: one being written, one being filled.
+/// Bytes gathered from the body before one `pwrite`: at most this much, and
+/// less when many writes run at once, so that all their blocks together
+/// stay near [`WRITE_BUDGET`]. Two blocks per write at most are in memory:
+/// one being written, one being filled.
 const WRITE_BLOCK: usize = 256 * 1024;
+const MIN_BLOCK: usize = 64 * 1024;
+/// What the blocks of all concurrent writes may take together, as long as
+/// each gets at least [`MIN_BLOCK`] (measured: 256 uploads at once with
+/// fixed 256 KiB blocks held 128 MiB of them).
+const WRITE_BUDGET: usize = 32 * 1024 * 1024;
 const READ_BLOCK: usize = 64 * 1024;
 /// The alignment `O_DIRECT` needs of file offsets, lengths and memory: 4 KiB
 /// covers disks of 512-byte and of 4 KiB logical blocks.
 const ALIGN: usize = 4096;
-/// Idle write blocks kept for reuse. Reused memory is memory the machine has
-/// already touched (on the VM we measure on, a never-touched page costs
-/// more than the disk write), and reuse spares the allocator.
-const IDLE_BLOCKS: usize = 64;
+/// Bytes of idle write blocks kept for reuse. Reused memory is memory the
+/// machine has already touched (on the VM we measure on, a never-touched
+/// page costs more than the disk write), and reuse spares the allocator.
+const IDLE_BYTES: usize = 8 * 1024 * 1024;
 
 /// A [`BlobStore`] on a local file system.
 #[derive(Debug, Clone)]
@@ -161,6 +168,8 @@ impl BlobStore for FsStore {
             .map_err(io::Error::other)??;
         let files = Arc::new(files);
 
+        let _writing = Writing::enter(&self.buffers);
+        let size = self.buffers.block_size();
         // One block in flight on the blocking pool while the next one fills.
         let mut inflight: Option<JoinHandle<(AlignedBuf, io::Result<()>)>> = None;
         let mut buf: Option<AlignedBuf> = None;
@@ -170,7 +179,7 @@ impl BlobStore for FsStore {
                 let frame = item.map_err(StorageError::Body)?;
                 let mut rest = &frame[..];
                 while !rest.is_empty() {
-                    let block = buf.get_or_insert_with(|| self.buffers.take(block_len(pos)));
+                    let block = buf.get_or_insert_with(|| self.buffers.take(size, block_len(pos, size)));
                     rest = &rest[block.push(rest)..];
                     if block.is_full() {
                         let full = buf.take().expect("a block is being filled");
@@ -285,9 +294,9 @@ impl BlobStore for FsStore {
 /// How many bytes the block starting at file offset `pos` takes: up to the
 /// next [`ALIGN`] boundary (written through the page cache) when `pos` is
 /// not aligned, so that every later block is aligned for `O_DIRECT`.
-fn block_len(pos: u64) -> usize {
+fn block_len(pos: u64, size: usize) -> usize {
     match (pos % ALIGN as u64) as usize {
-        0 => WRITE_BLOCK,
+        0 => size,
         r => ALIGN - r,
     }
 }
@@ -373,19 +382,21 @@ fn open_direct(_path: &Path) -> Option<File> {
 struct AlignedBuf {
     raw: Vec<u8>,
     start: usize,
+    cap: usize,
     len: usize,
     limit: usize,
 }
 
 impl AlignedBuf {
-    fn new() -> Self {
-        let raw = vec![0u8; WRITE_BLOCK + ALIGN];
+    fn new(cap: usize) -> Self {
+        let raw = vec![0u8; cap + ALIGN];
         let start = raw.as_ptr().align_offset(ALIGN);
         Self {
             raw,
             start,
+            cap,
             len: 0,
-            limit: WRITE_BLOCK,
+            limit: cap,
         }
     }
 
@@ -407,9 +418,29 @@ impl AlignedBuf {
     }
 }
 
-/// The free list of write blocks, shared by all writes of a store.
+/// The free list of write blocks, shared by all writes of a store, and the
+/// number of writes running (which sizes their blocks).
 #[derive(Default)]
-struct Buffers(std::sync::Mutex<Vec<AlignedBuf>>);
+struct Buffers {
+    free: std::sync::Mutex<Vec<AlignedBuf>>,
+    writers: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a running write in [`Buffers`] while it lives.
+struct Writing<'a>(&'a Buffers);
+
+impl<'a> Writing<'a> {
+    fn enter(b: &'a Buffers) -> Self {
+        b.writers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(b)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.writers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 impl std::fmt::Debug for Buffers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -418,22 +449,38 @@ impl std::fmt::Debug for Buffers {
 }
 
 impl Buffers {
-    /// An empty block that takes at most `limit` bytes.
-    fn take(&self, limit: usize) -> AlignedBuf {
-        let mut b = self
-            .0
-            .lock()
-            .expect("buffer pool poisoned")
-            .pop()
-            .unwrap_or_else(AlignedBuf::new);
+    /// The block size for a write starting now: a power of two between
+    /// [`MIN_BLOCK`] and [`WRITE_BLOCK`] that keeps all writes' two
+    /// blocks within [`WRITE_BUDGET`].
+    fn block_size(&self) -> usize {
+        let writers = self.writers.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        let fair = WRITE_BUDGET / (2 * writers);
+        let pow2 = if fair.is_power_of_two() {
+            fair
+        } else {
+            fair.next_power_of_two() / 2
+        };
+        pow2.clamp(MIN_BLOCK, WRITE_BLOCK)
+    }
+
+    /// An empty block of `cap` bytes that takes at most `limit` of them.
+    fn take(&self, cap: usize, limit: usize) -> AlignedBuf {
+        let reused = {
+            let mut free = self.free.lock().expect("buffer pool poisoned");
+            free.iter()
+                .rposition(|b| b.cap == cap)
+                .map(|i| free.swap_remove(i))
+        };
+        let mut b = reused.unwrap_or_else(|| AlignedBuf::new(cap));
         b.len = 0;
-        b.limit = limit;
+        b.limit = limit.min(cap);
         b
     }
 
     fn put(&self, b: AlignedBuf) {
-        let mut free = self.0.lock().expect("buffer pool poisoned");
-        if free.len() < IDLE_BLOCKS {
+        let mut free = self.free.lock().expect("buffer pool poisoned");
+        let idle: usize = free.iter().map(|b| b.cap).sum();
+        if idle + b.cap <= IDLE_BYTES {
             free.push(b);
         }
     }
@@ -477,16 +524,44 @@ mod tests {
 
     #[test]
     fn blocks_after_an_unaligned_offset_are_aligned() {
-        assert_eq!(block_len(0), WRITE_BLOCK);
-        assert_eq!(block_len(1), ALIGN - 1);
-        assert_eq!(block_len(ALIGN as u64 + 5), ALIGN - 5);
-        assert_eq!(block_len(3 * ALIGN as u64), WRITE_BLOCK);
-        let mut b = AlignedBuf::new();
+        assert_eq!(block_len(0, WRITE_BLOCK), WRITE_BLOCK);
+        assert_eq!(block_len(1, WRITE_BLOCK), ALIGN - 1);
+        assert_eq!(block_len(ALIGN as u64 + 5, MIN_BLOCK), ALIGN - 5);
+        assert_eq!(block_len(3 * ALIGN as u64, MIN_BLOCK), MIN_BLOCK);
+        let mut b = AlignedBuf::new(WRITE_BLOCK);
         assert_eq!(b.filled().as_ptr().align_offset(ALIGN), 0);
         b.limit = 3;
         assert_eq!(b.push(b"abcd"), 3);
         assert!(b.is_full());
         assert_eq!(b.filled(), b"abc");
+    }
+
+    /// Blocks shrink as writers grow, within the budget and the bounds.
+    #[test]
+    fn block_size_follows_the_number_of_writers() {
+        let b = Buffers::default();
+        let sizes: Vec<usize> = [1usize, 64, 65, 128, 256, 10_000]
+            .into_iter()
+            .map(|n| {
+                b.writers.store(n, std::sync::atomic::Ordering::Relaxed);
+                b.block_size()
+            })
+            .collect();
+        assert_eq!(
+            sizes,
+            [
+                WRITE_BLOCK,
+                WRITE_BLOCK,
+                128 * 1024,
+                128 * 1024,
+                MIN_BLOCK,
+                MIN_BLOCK
+            ]
+        );
+        for n in [1, 3, 64, 100, 128, 256] {
+            b.writers.store(n, std::sync::atomic::Ordering::Relaxed);
+            assert!(b.block_size() * 2 * n <= WRITE_BUDGET.max(2 * n * MIN_BLOCK));
+        }
     }
 
     /// Whole blocks and a tail land where asked on whichever path the
@@ -500,7 +575,7 @@ mod tests {
             buffered: OpenOptions::new().write(true).open(&path).unwrap(),
             direct: open_direct(&path),
         };
-        let mut data = AlignedBuf::new();
+        let mut data = AlignedBuf::new(WRITE_BLOCK);
         data.push(&vec![7u8; WRITE_BLOCK]);
         files.write_block(data.filled(), 0).unwrap();
         files.write_tail(b"tail", WRITE_BLOCK as u64).unwrap();
