@@ -9,9 +9,14 @@ discarding 4 MiB bodies / answering /lbs with a fixed body (loopback
 limit), and the peers @tus/server (npm, `bench/tus-node`) and rustus, in
 its default and --force-fsync modes (`cargo install rustus --locked`).
 
-Usage: python3 bench/run.py [--runs 5] [--size 1GiB]
+Also upline on S3 (Garage, started by `upline-bench garage`) against a
+plain multipart upload of the same bytes with the same part size, and
+upline's start-up time and idle RSS. Ends with issue 6's targets, met or
+missed, from the steady-state medians.
+
+Usage: python3 bench/run.py [--runs 5] [--size 1GiB] [--no-s3]
 """
-import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
@@ -45,13 +50,28 @@ def run_bench(port, pid, proto, *args):
 class Upline:
     name = "upline"
 
+    def __init__(self, *extra, env=None):
+        self.extra, self.env = list(extra), env or {}
+
     def __enter__(self):
         self.dir = tempfile.mkdtemp(prefix="upline-bench-", dir=ROOT)
         self.port = free_port()
-        env = dict(os.environ, UPLINE_ACCESS_KEY="bench", UPLINE_SECRET_KEY="bench-secret")
+        env = dict(os.environ, UPLINE_ACCESS_KEY="bench", UPLINE_SECRET_KEY="bench-secret", **self.env)
+        started = time.monotonic()
         self.proc = subprocess.Popen([os.path.join(BIN, "upline"), "serve", "--listen", f"127.0.0.1:{self.port}",
-                                      "--data-dir", self.dir], env=env, stderr=subprocess.DEVNULL)
+                                      "--data-dir", self.dir, *self.extra], env=env, stderr=subprocess.DEVNULL)
+        # Start to first answered request: poll /healthz every millisecond.
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() - started > 30:
+                    raise RuntimeError("upline did not start")
+                time.sleep(0.001)
+        self.startup_ms = (time.monotonic() - started) * 1000
         time.sleep(0.5)
+        self.idle_rss_mib = rss_mib(self.proc.pid)
         return self
 
     def bench(self, *args):
@@ -61,6 +81,38 @@ class Upline:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+
+class Garage:
+    """Garage (cargo install garage --locked --version 2.5.0, as the test
+    script does) started by `upline-bench garage`, with a bucket `bench`."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([os.path.join(BIN, "upline-bench"), "garage"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self.proc.stdout.readline())
+        self.env = {"AWS_ACCESS_KEY_ID": self.info["access_key"], "AWS_SECRET_ACCESS_KEY": self.info["secret_key"]}
+        return self
+
+    def storage_url(self):
+        return f"s3://{self.info['bucket']}?endpoint={self.info['endpoint']}&region=garage"
+
+    def plain(self, size, part):
+        env = dict(os.environ, **self.env)
+        out = subprocess.run([os.path.join(BIN, "upline-bench"), "--url", self.info["endpoint"], "s3-plain",
+                              "--bucket", self.info["bucket"], "--size", size, "--part-size", part],
+                             env=env, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    def __exit__(self, *a):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 class Nginx:
@@ -153,11 +205,12 @@ class Rustus:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def dd_sync(size_mib):
-    """The disk's limit: the same bytes, synced every 4 MiB; MiB/s."""
+def dd(size_mib, oflag):
+    """The disk's limit: the same bytes in 4 MiB writes with `oflag`, to a
+    file deleted and rewritten every round; MiB/s."""
     path = os.path.join(ROOT, "target", "dd-bench")
     t = time.time()
-    sh(f"dd if=/dev/zero of={path} bs=4M count={size_mib // 4} oflag=dsync 2>/dev/null")
+    sh(f"dd if=/dev/zero of={path} bs=4M count={size_mib // 4} oflag={oflag} 2>/dev/null")
     dt = time.time() - t
     os.remove(path)
     return size_mib / dt
@@ -179,25 +232,78 @@ def series(a, size_mib, rows):
         rows.setdefault(key, []).append(value)
 
     with Upline() as u:
-        add("single, upline (fsync every chunk)", u.bench("single", "--size", a.size)["mib_per_s"])
-    add("single, dd with a sync every 4 MiB", dd_sync(size_mib))
+        add(SINGLE, u.bench("single", "--size", a.size)["mib_per_s"])
+        add(STARTUP, u.startup_ms)
+        add(IDLE_RSS, u.idle_rss_mib)
+    add(DD_DIRECT, dd(size_mib, "direct,dsync"))
+    add(DD_CACHE, dd(size_mib, "dsync"))
     with TusNode() as t:
         add("single, @tus/server file-store", t.bench("single", "--size", a.size)["mib_per_s"])
     for fsync in (True, False):
         with Rustus(fsync) as r:
             add(f"single, {r.name}", r.bench("single", "--size", a.size)["mib_per_s"])
     with Upline() as u:
-        add("single + Content-MD5, upline", u.bench("single", "--size", a.size, "--md5")["mib_per_s"])
-    add("MD5, one core (openssl)", md5_core())
+        add(SINGLE_MD5, u.bench("single", "--size", a.size, "--md5")["mib_per_s"])
+    add(MD5, md5_core())
     with Nginx() as n:
         add("single, nginx discarding (loopback)", n.bench("single", "--size", a.size)["mib_per_s"])
-        add("lbs req/s, nginx return 200", n.bench("lbs", "--seconds", "5")["requests_per_s"])
+        add(LBS_NGINX, n.bench("lbs", "--seconds", "5")["requests_per_s"])
     with Upline() as u:
-        add("lbs req/s, upline", u.bench("lbs", "--seconds", "5")["requests_per_s"])
+        add(LBS, u.bench("lbs", "--seconds", "5")["requests_per_s"])
         c = u.bench("concurrent", "--uploads", "256", "--size", "16MiB", "--chunk", "1MiB")
-        add("concurrent 256×16 MiB, upline MiB/s", c["mib_per_s"])
-        add("concurrent, upline peak RSS MiB", c["server_peak_rss_mib"])
+        add(CONC, c["mib_per_s"])
+        add(CONC_P50, c["p50_ms"])
+        add(CONC_P99, c["p99_ms"])
+        add(CONC_RSS, c["server_peak_rss_mib"])
         add("query p50 µs, upline", u.bench("query")["p50_ms"] * 1000)
+    if a.s3:
+        with Garage() as g:
+            with Upline("--storage", g.storage_url(), env=g.env) as u:
+                add(S3_UPLINE, u.bench("single", "--size", a.s3_size)["mib_per_s"])
+            add(S3_PLAIN, g.plain(a.s3_size, "8MiB")["mib_per_s"])
+
+
+SINGLE = "single, upline (fsync every chunk)"
+SINGLE_MD5 = "single + Content-MD5, upline"
+STARTUP = "upline start to first answer, ms"
+IDLE_RSS = "upline idle RSS, MiB"
+DD_DIRECT = "single, dd oflag=direct, sync every 4 MiB"
+DD_CACHE = "single, dd through the page cache, sync every 4 MiB"
+MD5 = "MD5, one core (openssl)"
+LBS = "lbs req/s, upline"
+LBS_NGINX = "lbs req/s, nginx return 200"
+CONC = "concurrent 256×16 MiB, upline MiB/s"
+CONC_P50 = "concurrent, upline p50 chunk ms"
+CONC_P99 = "concurrent, upline p99 chunk ms"
+CONC_RSS = "concurrent, upline peak RSS MiB"
+S3_UPLINE = "S3 (Garage), upline 4 MiB chunks, 8 MiB parts"
+S3_PLAIN = "S3 (Garage), plain multipart, 8 MiB parts"
+
+
+def targets(rows):
+    """Issue 6's targets from the medians of one run."""
+    m = {k: statistics.median(v) for k, v in rows.items()}
+    checks = [
+        ("single vs rustus --force-fsync", m[SINGLE] / m["single, rustus --force-fsync"], ">=", 1.5),
+        ("single vs rustus (no fsync)", m[SINGLE] / m["single, rustus"], ">=", 1.0),
+        ("single vs dd direct, sync every 4 MiB", m[SINGLE] / m[DD_DIRECT], ">=", 0.85),
+        ("single vs dd page cache, sync every 4 MiB", m[SINGLE] / m[DD_CACHE], ">=", 0.85),
+        ("Content-MD5 vs one core's MD5", m[SINGLE_MD5] / m[MD5], ">=", 0.8),
+        ("concurrent vs single", m[CONC] / m[SINGLE], ">=", 0.8),
+        ("concurrent p99 / p50", m[CONC_P99] / m[CONC_P50], "<=", 5.0),
+        ("concurrent peak RSS MiB", m[CONC_RSS], "<=", 150),
+        ("lbs vs nginx", m[LBS] / m[LBS_NGINX], ">=", 0.8),
+        ("idle RSS MiB", m[IDLE_RSS], "<=", 20),
+        ("start to first answer ms", m[STARTUP], "<=", 100),
+    ]
+    if S3_UPLINE in m:
+        checks.append(("S3 vs plain multipart", m[S3_UPLINE] / m[S3_PLAIN], ">=", 0.7))
+    print("| target | measured | wanted | |")
+    print("|---|---|---|---|")
+    for name, value, op, want in checks:
+        ok = value >= want if op == ">=" else value <= want
+        print(f"| {name} | {value:.2f} | {op} {want} | {'met' if ok else 'missed'} |")
+    print()
 
 
 def table(title, rows):
@@ -212,6 +318,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--size", default="1GiB")
+    ap.add_argument("--s3", action=argparse.BooleanOptionalAction, default=True,
+                    help="also upline on Garage vs a plain multipart upload (needs garage)")
+    ap.add_argument("--s3-size", default="256MiB")
     a = ap.parse_args()
     size_mib = int(a.size.rstrip("GiB")) * 1024 if a.size.endswith("GiB") else int(a.size.rstrip("MiB"))
     build()
@@ -224,6 +333,7 @@ def main():
         series(a, size_mib, steady)
     table("first round (first-touch)", first)
     table(f"steady state ({a.runs} rounds, A B A B)", steady)
+    targets(steady)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ use serde::Serialize;
 use upline_proto::{ObjectKey, ObjectPath, PutPolicy, UploadParams};
 
 pub mod procstat;
+pub mod s3;
 
 /// Which protocol a server speaks.
 #[derive(Debug, Clone)]
@@ -378,7 +379,7 @@ pub async fn query(t: &Target, count: usize) -> anyhow::Result<Report> {
     .await
 }
 
-fn rand_suffix() -> String {
+pub(crate) fn rand_suffix() -> String {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -9,8 +9,9 @@ use upline_bench::{Proto, Target};
 #[derive(Parser)]
 #[command(name = "upline-bench", about = "Load generator for upline and tus servers")]
 struct Cli {
-    /// Base URL of the server (http://127.0.0.1:8080).
-    #[arg(long)]
+    /// Base URL of the server (http://127.0.0.1:8080); for s3-plain, the
+    /// S3 endpoint.
+    #[arg(long, default_value = "")]
     url: String,
     /// upline or tus.
     #[arg(long, default_value = "upline", value_parser = ["upline", "tus"])]
@@ -55,6 +56,19 @@ enum Scenario {
         #[arg(long, default_value_t = 2000)]
         count: usize,
     },
+    /// A plain S3 multipart upload to `--url` (credentials from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), the S3 backend's baseline.
+    S3Plain {
+        #[arg(long)]
+        bucket: String,
+        #[arg(long, default_value = "1GiB", value_parser = size)]
+        size: u64,
+        #[arg(long, default_value = "8MiB", value_parser = size)]
+        part_size: u64,
+    },
+    /// Starts Garage (as the tests do) with a bucket `bench`, prints its
+    /// endpoint and keys as JSON, and runs until stdin closes.
+    Garage,
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -85,6 +99,37 @@ async fn main() -> anyhow::Result<()> {
             upline_bench::lbs(&t, connections, Duration::from_secs(seconds)).await?
         }
         Scenario::Query { count } => upline_bench::query(&t, count).await?,
+        Scenario::S3Plain {
+            bucket,
+            size,
+            part_size,
+        } => {
+            let target = upline_bench::s3::S3Target {
+                endpoint: t.base.clone(),
+                bucket,
+                access_key: std::env::var("AWS_ACCESS_KEY_ID")?,
+                secret_key: std::env::var("AWS_SECRET_ACCESS_KEY")?,
+            };
+            upline_bench::s3::plain_multipart(&target, size, part_size as usize).await?
+        }
+        Scenario::Garage => {
+            let garage = tokio::task::spawn_blocking(upline_storage::testing::Garage::start).await?;
+            let bucket = garage.bucket("bench");
+            let info = serde_json::json!({
+                "endpoint": garage.endpoint,
+                "bucket": bucket.bucket,
+                "access_key": garage.access_key,
+                "secret_key": garage.secret_key,
+            });
+            println!("{info}");
+            tokio::task::spawn_blocking(|| {
+                let mut sink = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink)
+            })
+            .await??;
+            drop(garage);
+            return Ok(());
+        }
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -141,6 +141,9 @@ impl SessionStore for GatedLease {
     async fn open_sessions(&self, limit: usize) -> Result<Vec<Session>, StateError> {
         self.inner.open_sessions(limit).await
     }
+    async fn count_open(&self) -> Result<u64, StateError> {
+        self.inner.count_open().await
+    }
     async fn list_objects(&self, b: Option<&str>, limit: usize) -> Result<Vec<ObjectRecord>, StateError> {
         self.inner.list_objects(b, limit).await
     }

@@ -323,8 +323,8 @@ impl Files {
     /// with writeback started at once.
     fn write_block(&self, data: &[u8], pos: u64) -> io::Result<()> {
         if let Some(direct) = &self.direct
-            && pos % ALIGN as u64 == 0
-            && data.len() % ALIGN == 0
+            && pos.is_multiple_of(ALIGN as u64)
+            && data.len().is_multiple_of(ALIGN)
         {
             match direct.write_all_at(data, pos) {
                 Ok(()) => return Ok(()),
