@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts (installing if needed) the services the tests use, idempotently:
-# PostgreSQL on 127.0.0.1:5432. Sourced by scripts/test.sh; exports
-# UPLINE_TEST_POSTGRES, the admin URL the tests create databases with.
+# PostgreSQL on 127.0.0.1:5432, Garage, and Debian's Chromium. Sourced by
+# scripts/test.sh; exports UPLINE_TEST_POSTGRES, the admin URL the tests
+# create databases with.
 
 ensure_postgres() {
   export UPLINE_TEST_POSTGRES="${UPLINE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
@@ -36,4 +37,14 @@ ensure_garage() {
   echo "services: installing Garage 2.5.0 with cargo install (this compiles for a while, once)" >&2
   cargo install garage --locked --version 2.5.0 --quiet
   export UPLINE_GARAGE_BIN="$bin"
+}
+
+# Debian's Chromium for the browser tests (web/tests), driven by
+# playwright-core; never a browser download.
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then
+    return
+  fi
+  echo "services: installing Chromium (Debian package)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 }

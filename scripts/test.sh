@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every test.
-# Services the tests talk to (PostgreSQL, Garage) are installed and started by
-# scripts/services.sh, idempotently; everything else the tests start
-# themselves (nodes on port 0, temp data directories, callback servers).
+# Services the tests talk to (PostgreSQL, Garage, Chromium for the browser
+# tests) are installed and started by scripts/services.sh, idempotently;
+# everything else the tests start themselves (nodes on port 0, temp data
+# directories, callback servers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -13,3 +14,10 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# The browser uploader (web/): its npm packages from the committed lock file,
+# then Debian's headless Chromium against the upline binary built above.
+ensure_chromium
+npm ci --prefix web --no-audit --no-fund
+cargo build --locked -p upline
+node --test --test-concurrency=1 web/tests/

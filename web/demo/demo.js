@@ -72,6 +72,8 @@ function start(files) {
       else handle.pause();
       row.dataset.state = handle.state;
       button.textContent = handle.state === 'paused' ? 'Resume' : 'Pause';
+      if (handle.state === 'paused') row.querySelector('.rate').textContent = 'paused';
+      row.querySelector('.eta').textContent = '';
     });
     row.querySelector('.cancel').addEventListener('click', () => handle.abort());
     handle.promise.then(

@@ -11,6 +11,7 @@ import { test } from 'node:test';
 import {
   UplineNode,
   browser,
+  defer,
   finished,
   persistentBrowser,
   records,
@@ -19,6 +20,7 @@ import {
   testFile,
   throttle,
   until,
+  whenLoaded,
 } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -68,12 +70,13 @@ test('two files at once', { timeout: 120_000 }, async (t) => {
   await throttle(page, 8 * MiB);
   const a = testFile(dir, 'first.bin', 7 * MiB + 123);
   const b = testFile(dir, 'second.bin', 11 * MiB);
+  const chunks = [];
+  page.on('request', (r) => r.url().includes('offset=') && chunks.push(decodeURIComponent(new URL(r.url()).pathname)));
   await page.setInputFiles('#files', [a.path, b.path]);
-  // Both progress before either finishes: they really run side by side.
-  await until(async () => (await rowLoaded(page, a.name)) > 0 && (await rowLoaded(page, b.name)) > 0, {
-    what: 'both uploads to progress',
-  });
   await Promise.all([finished(page, a.name), finished(page, b.name)]);
+  // Side by side, not one after the other: each sent a chunk before the other's last.
+  const last = (name) => chunks.lastIndexOf(`/uploads/${name}`);
+  assert.ok(chunks.indexOf(`/uploads/${b.name}`) < last(a.name) && chunks.indexOf(`/uploads/${a.name}`) < last(b.name), chunks.join(' '));
   assert.deepEqual(await node.stored(a.name), a.bytes);
   assert.deepEqual(await node.stored(b.name), b.bytes);
   assert.equal(await node.bytesReceived(), a.size + b.size);
@@ -84,10 +87,9 @@ test('pause stops sending, resume finishes', { timeout: 120_000 }, async (t) => 
   await throttle(page, 4 * MiB);
   const file = testFile(dir, 'paused.bin', 12 * MiB);
   await page.setInputFiles('#files', file.path);
-  await until(async () => (await rowLoaded(page, file.name)) >= 2 * MiB, { what: 'some progress' });
+  await whenLoaded(page, file.name, 2 * MiB, 'button.pause');
 
   const row = page.locator('#uploads .file', { hasText: file.name });
-  await row.locator('button.pause').click();
   assert.equal(await row.getAttribute('data-state'), 'paused');
   assert.equal(await row.locator('button.pause').innerText(), 'Resume');
   await new Promise((r) => setTimeout(r, 300)); // the cut-off chunk's last bytes
@@ -113,13 +115,13 @@ test('node killed mid-upload, browser restarted: the same file finishes without 
 
   const first = await UplineNode.start(t, { dataDir });
   let ctx = await persistentBrowser(profile);
-  t.after(() => ctx.close());
+  defer(t, () => ctx.close());
   let page = ctx.pages()[0] ?? (await ctx.newPage());
   await page.goto(`${first.base}/demo`);
-  await throttle(page, 4 * MiB);
+  await throttle(page, 3 * MiB);
   await page.setInputFiles('#files', file.path);
-  await until(async () => (await records(page)).some((r) => r.offset >= 6 * MiB), {
-    what: 'a resume record past 6 MiB',
+  await until(async () => (await records(page)).some((r) => r.offset >= 4 * MiB), {
+    what: 'a resume record past 4 MiB',
   });
 
   await first.kill('SIGKILL'); // a crash, with a chunk in flight
@@ -168,12 +170,11 @@ test('screenshot of the demo page', { timeout: 120_000 }, async (t) => {
   const small = [testFile(dir, 'holiday-photo.jpg', 2 * MiB + 4321), testFile(dir, 'interview.m4a', 5 * MiB)];
   await page.setInputFiles('#files', small.map((f) => f.path));
   await Promise.all(small.map((f) => finished(page, f.name)));
-  await throttle(page, 6 * MiB);
+  await throttle(page, 4 * MiB);
   const big = [testFile(dir, 'concert-2160p.mp4', 48 * MiB), testFile(dir, 'drone-flight.mov', 32 * MiB)];
   await page.setInputFiles('#files', big.map((f) => f.path));
-  await until(async () => (await rowLoaded(page, big[1].name)) >= 10 * MiB, { what: 'progress', timeout: 60_000 });
-  await page.locator('#uploads .file', { hasText: big[1].name }).locator('button.pause').click();
-  await until(async () => (await rowLoaded(page, big[0].name)) >= 20 * MiB, { what: 'progress', timeout: 60_000 });
+  await whenLoaded(page, big[1].name, 10 * MiB, 'button.pause');
+  await whenLoaded(page, big[0].name, 22 * MiB);
   const shot = path.join(dir, 'demo.png');
   await page.screenshot({ path: shot, fullPage: true });
   const png = readFileSync(shot);

@@ -24,10 +24,47 @@ export function uplineBin() {
   return bin;
 }
 
+const cleanups = new WeakMap();
+
+/**
+ * Runs `fn` when the test ends, last registered first (a browser closes
+ * before its profile directory goes), each whatever the others did.
+ */
+export function defer(t, fn) {
+  let stack = cleanups.get(t);
+  if (!stack) {
+    stack = [];
+    cleanups.set(t, stack);
+    t.after(async () => {
+      while (stack.length) {
+        try {
+          // A wedged browser must not keep the test run from ending.
+          await within(30_000, stack.pop()());
+        } catch (e) {
+          console.error('cleanup failed:', e);
+        }
+      }
+    });
+  }
+  stack.push(fn);
+}
+
+async function within(ms, promise) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** A temp directory removed when the test ends. */
 export function tempDir(t, prefix = 'upline-web-') {
   const dir = mkdtempSync(path.join(tmpdir(), prefix));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  defer(t, () => rmSync(dir, { recursive: true, force: true, maxRetries: 5 }));
   return dir;
 }
 
@@ -42,7 +79,7 @@ export class UplineNode {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     const node = new UplineNode(child);
-    t.after(() => node.kill());
+    defer(t, () => node.kill());
     node.base = await node.#serving();
     node.port = Number(new URL(node.base).port);
     return node;
@@ -164,7 +201,7 @@ const ARGS = [
 /** Headless Chromium with a fresh profile; closed when the test ends. */
 export async function browser(t) {
   const b = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
-  t.after(() => b.close());
+  defer(t, () => b.close());
   return b;
 }
 
@@ -181,10 +218,12 @@ export async function persistentBrowser(userDataDir) {
   });
 }
 
-/** Limits the page's upload rate (Chrome's own network throttling). */
+/**
+ * Limits the page's upload rate (Chrome's own network throttling). Without
+ * Network.enable: its events would slow every other call to the page.
+ */
 export async function throttle(page, bytesPerSecond) {
   const cdp = await page.context().newCDPSession(page);
-  await cdp.send('Network.enable');
   await cdp.send('Network.emulateNetworkConditions', {
     offline: false,
     latency: 0,
@@ -203,6 +242,24 @@ export async function until(check, { timeout = 30_000, every = 50, what = 'condi
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, every));
   }
+}
+
+/**
+ * Waits until the page shows `bytes` of `name` acknowledged, then clicks
+ * `click` in its row (if given) at once: checked and clicked in the page,
+ * since a round trip per poll lags behind a busy page.
+ */
+export async function whenLoaded(page, name, bytes, click) {
+  await page.waitForFunction(
+    ({ name, bytes, click }) => {
+      const row = [...document.querySelectorAll('#uploads .file')].find((r) => r.dataset.name === name);
+      if (!row || Number(row.dataset.loaded ?? 0) < bytes) return false;
+      if (click) row.querySelector(click).click();
+      return true;
+    },
+    { name, bytes, click },
+    { timeout: 60_000, polling: 20 },
+  );
 }
 
 /** The upload rows' progress, as the page shows it. */
