@@ -92,8 +92,7 @@ test('pause stops sending, resume finishes', { timeout: 120_000 }, async (t) => 
   const row = page.locator('#uploads .file', { hasText: file.name });
   assert.equal(await row.getAttribute('data-state'), 'paused');
   assert.equal(await row.locator('button.pause').innerText(), 'Resume');
-  await new Promise((r) => setTimeout(r, 300)); // the cut-off chunk's last bytes
-  const atPause = await node.bytesReceived();
+  const atPause = await node.settledBytes(); // the cut-off chunk's last bytes arrived
   const shown = await rowLoaded(page, file.name);
   await new Promise((r) => setTimeout(r, 1500));
   assert.equal(await node.bytesReceived(), atPause, 'nothing is sent while paused');
@@ -105,6 +104,39 @@ test('pause stops sending, resume finishes', { timeout: 120_000 }, async (t) => 
   assert.deepEqual(await node.stored(file.name), file.bytes);
   const received = await node.bytesReceived();
   assert.ok(received >= file.size && received <= file.size + 4 * MiB, `at most the cut-off chunk again: ${received}`);
+});
+
+test('a reload mid-upload: the same file picked again continues from the resume point', { timeout: 120_000 }, async (t) => {
+  const { dir, node, page } = await demo(t);
+  await throttle(page, 3 * MiB);
+  const file = testFile(dir, 'reloaded.bin', 14 * MiB);
+  await page.setInputFiles('#files', file.path);
+  await until(async () => (await records(page)).some((r) => r.offset >= 2 * MiB), { what: 'a resume record' });
+
+  await page.reload(); // cuts off the chunk in flight
+  const before = await node.settledBytes();
+  const [rec] = await records(page);
+  const committed = await node.resumePoint(file.name, rec.context);
+  assert.match(await page.locator('#pending').innerText(), /reloaded\.bin/);
+
+  await page.setInputFiles('#files', file.path);
+  const done = await finished(page, file.name);
+  assert.match(done.text, /resumed from/);
+  assert.deepEqual(await node.stored(file.name), file.bytes);
+  assert.equal((await node.bytesReceived()) - before, file.size - committed, 'only the bytes after the resume point');
+});
+
+test('files dropped on the page upload too', { timeout: 60_000 }, async (t) => {
+  const { node, page } = await demo(t);
+  const bytes = await page.evaluate(() => {
+    const data = crypto.getRandomValues(new Uint8Array(60_000));
+    const dt = new DataTransfer();
+    dt.items.add(new File([data], 'dropped.txt', { type: 'text/plain' }));
+    document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    return [...data];
+  });
+  await finished(page, 'dropped.txt');
+  assert.deepEqual(await node.stored('dropped.txt'), Buffer.from(bytes));
 });
 
 test('node killed mid-upload, browser restarted: the same file finishes without re-sending acknowledged bytes', { timeout: 180_000 }, async (t) => {
@@ -175,6 +207,8 @@ test('screenshot of the demo page', { timeout: 120_000 }, async (t) => {
   await page.setInputFiles('#files', big.map((f) => f.path));
   await whenLoaded(page, big[1].name, 10 * MiB, 'button.pause');
   await whenLoaded(page, big[0].name, 22 * MiB);
+  const running = await page.locator('#uploads .file', { hasText: big[0].name }).locator('.stats').innerText();
+  assert.match(running, /^\d+% · [\d.]+ MiB of 48\.0 MiB\s+[\d.]+ [KM]iB\/s\s+ETA \d+:\d\d/, 'progress, rate, ETA');
   const shot = path.join(dir, 'demo.png');
   await page.screenshot({ path: shot, fullPage: true });
   const png = readFileSync(shot);

@@ -138,6 +138,17 @@ export class UplineNode {
     return total;
   }
 
+  /** The received-bytes count once it stopped moving (a cut-off body has arrived). */
+  async settledBytes() {
+    let last = await this.bytesReceived();
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 250));
+      const now = await this.bytesReceived();
+      if (now === last) return now;
+      last = now;
+    }
+  }
+
   /** An upload token and a signed download link for `object`, from the demo's endpoint. */
   async token(object, bucket = 'uploads') {
     const res = await fetch(`${this.base}/demo/token`, {
