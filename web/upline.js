@@ -55,7 +55,7 @@ const TIMEOUT = Object.freeze({ reason: 'timeout' });
 export class Uploader {
   /**
    * @param {object} options
-   * @param {string} [options.lbs] the LBS address, e.g. `https://upload.example.com/lbs`
+   * @param {string} [options.lbs] the LBS address, e.g. `https://upload.example.com/lbs` (or `/lbs`)
    * @param {string[]} [options.nodes] upload nodes to use instead of an LBS, tried in order
    * @param {(bucket: string, object: string) => string | Promise<string>} options.getToken
    *   an `x-nos-token` for the object, from your backend
@@ -135,7 +135,7 @@ function defaultStorage() {
 /** The node list of one uploader, shared by its uploads. */
 class NodeList {
   constructor(lbs, nodes, fetchFn) {
-    this.lbs = lbs ? withScheme(lbs) : null;
+    this.lbs = lbs ? withScheme(lbs) : null; // '/lbs' on a page is this origin's
     this.list = nodes ? nodes.map(withScheme) : [];
     this.remembered = null; // the `lbs` of the last answer, by IP
     this.fetch = fetchFn;
@@ -173,10 +173,12 @@ class NodeList {
 /** A failure worth retrying (network, timeout, 5xx, discovery). */
 class Transient extends Error {}
 
-/** Some LBS answers carry addresses without `http://`. */
+/** Some LBS answers carry addresses without `http://`; a page may say `/lbs`. */
 function withScheme(u) {
   u = String(u).replace(/\/+$/, '');
-  return /^https?:\/\//.test(u) ? u : `http://${u}`;
+  if (/^https?:\/\//.test(u)) return u;
+  if (u.startsWith('/') && globalThis.location) return new URL(u, globalThis.location.href).href;
+  return `http://${u}`;
 }
 
 /** One file's upload: the handle `Uploader.upload` returns. */

@@ -12,7 +12,7 @@ const $ = (id) => document.getElementById(id);
 const downloads = new Map();
 
 const uploader = new Uploader({
-  lbs: `${location.origin}/lbs`,
+  lbs: '/lbs',
   getToken: async (bucket, object) => {
     const res = await fetch('/demo/token', {
       method: 'POST',
@@ -56,6 +56,10 @@ showPending();
 
 function start(files) {
   for (const file of files) {
+    const rows = [...document.querySelectorAll('#uploads .file')].filter((r) => r.dataset.name === file.name);
+    // One upload per object at a time: a second would race the first.
+    if (rows.some((r) => r.dataset.state === 'running' || r.dataset.state === 'paused')) continue;
+    rows.forEach((r) => r.remove()); // a failed or cancelled try, picked again
     const row = fileRow(file);
     const handle = uploader.upload(file, {
       bucket,
