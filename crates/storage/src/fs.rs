@@ -8,6 +8,7 @@
 //! committed size, fsyncs, renames and fsyncs both directories — the
 //! pattern of garage's block manager.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -22,14 +23,16 @@ use crate::{BlobId, BlobStore, ByteStream, StorageError};
 
 /// Bytes gathered from the body before one `pwrite`: at most this much, and
 /// less when many writes run at once, so that all their blocks together
-/// stay near [`WRITE_BUDGET`]. Two blocks per write at most are in memory:
-/// one being written, one being filled.
-const WRITE_BLOCK: usize = 256 * 1024;
+/// stay near [`WRITE_BUDGET`]. A write has up to `Buffers::plan`'s depth of
+/// blocks being written and one being filled.
+const WRITE_BLOCK: usize = 1024 * 1024;
 const MIN_BLOCK: usize = 64 * 1024;
 /// What the blocks of all concurrent writes may take together, as long as
 /// each gets at least [`MIN_BLOCK`] (measured: 256 uploads at once with
 /// fixed 256 KiB blocks held 128 MiB of them).
 const WRITE_BUDGET: usize = 32 * 1024 * 1024;
+/// Blocks in flight per write while few writes run (see `Buffers::plan`).
+const DEEP: usize = 4;
 const READ_BLOCK: usize = 64 * 1024;
 /// The alignment `O_DIRECT` needs of file offsets, lengths and memory: 4 KiB
 /// covers disks of 512-byte and of 4 KiB logical blocks.
@@ -169,9 +172,10 @@ impl BlobStore for FsStore {
         let files = Arc::new(files);
 
         let _writing = Writing::enter(&self.buffers);
-        let size = self.buffers.block_size();
-        // One block in flight on the blocking pool while the next one fills.
-        let mut inflight: Option<JoinHandle<(AlignedBuf, io::Result<()>)>> = None;
+        let (size, depth) = self.buffers.plan();
+        // Up to `depth` blocks in flight on the blocking pool while the
+        // next one fills; they write disjoint ranges, in any order.
+        let mut inflight: VecDeque<JoinHandle<(AlignedBuf, io::Result<()>)>> = VecDeque::new();
         let mut buf: Option<AlignedBuf> = None;
         let mut pos = offset;
         let outcome: Result<(), StorageError> = async {
@@ -183,13 +187,15 @@ impl BlobStore for FsStore {
                     rest = &rest[block.push(rest)..];
                     if block.is_full() {
                         let full = buf.take().expect("a block is being filled");
-                        if let Some(h) = inflight.take() {
+                        if inflight.len() >= depth
+                            && let Some(h) = inflight.pop_front()
+                        {
                             self.buffers.settle(h.await)?;
                         }
                         let at = pos;
                         pos += full.filled().len() as u64;
                         let files = files.clone();
-                        inflight = Some(spawn_blocking(move || {
+                        inflight.push_back(spawn_blocking(move || {
                             let r = files.write_block(full.filled(), at);
                             (full, r)
                         }));
@@ -201,10 +207,13 @@ impl BlobStore for FsStore {
         .await;
         // Never return while a write is still running: a later request at
         // the same offset must not race with this one's stale block.
-        let last = match inflight.take() {
-            Some(h) => self.buffers.settle(h.await),
-            None => Ok(()),
-        };
+        let mut last = Ok(());
+        for h in inflight {
+            let r = self.buffers.settle(h.await);
+            if last.is_ok() {
+                last = r;
+            }
+        }
         let tail = buf.take();
         if let Err(e) = outcome {
             if let Some(t) = tail {
@@ -449,12 +458,24 @@ impl std::fmt::Debug for Buffers {
 }
 
 impl Buffers {
-    /// The block size for a write starting now: a power of two between
-    /// [`MIN_BLOCK`] and [`WRITE_BLOCK`] that keeps all writes' two
-    /// blocks within [`WRITE_BUDGET`].
-    fn block_size(&self) -> usize {
+    /// The block size and the number of blocks in flight for a write
+    /// starting now. A lone write keeps [`DEEP`] blocks of 1 MiB in flight:
+    /// one 256 KiB direct write at a time kept the disk at ~1.1 GB/s, below
+    /// what it does with larger and more outstanding writes (1.4 GB/s for
+    /// dd's 4 MiB writes; measured +25% end to end for depth 4, and more
+    /// again for 1 MiB blocks); many writes keep the disk busy together
+    /// with one small block each.
+    fn plan(&self) -> (usize, usize) {
         let writers = self.writers.load(std::sync::atomic::Ordering::Relaxed).max(1);
-        let fair = WRITE_BUDGET / (2 * writers);
+        let depth = if writers <= DEEP { DEEP } else { 1 };
+        (self.block_size(writers, depth), depth)
+    }
+
+    /// A power of two between [`MIN_BLOCK`] and [`WRITE_BLOCK`] that keeps
+    /// all writes' blocks (`depth` in flight, one filling) within
+    /// [`WRITE_BUDGET`].
+    fn block_size(&self, writers: usize, depth: usize) -> usize {
+        let fair = WRITE_BUDGET / ((depth + 1) * writers);
         let pow2 = if fair.is_power_of_two() {
             fair
         } else {
@@ -540,27 +561,29 @@ mod tests {
     #[test]
     fn block_size_follows_the_number_of_writers() {
         let b = Buffers::default();
-        let sizes: Vec<usize> = [1usize, 64, 65, 128, 256, 10_000]
+        let plans: Vec<(usize, usize)> = [1usize, 4, 5, 64, 65, 128, 256, 10_000]
             .into_iter()
             .map(|n| {
                 b.writers.store(n, std::sync::atomic::Ordering::Relaxed);
-                b.block_size()
+                b.plan()
             })
             .collect();
-        assert_eq!(
-            sizes,
-            [
-                WRITE_BLOCK,
-                WRITE_BLOCK,
-                128 * 1024,
-                128 * 1024,
-                MIN_BLOCK,
-                MIN_BLOCK
-            ]
-        );
-        for n in [1, 3, 64, 100, 128, 256] {
+        let k = 1024;
+        let want = [
+            (1024 * k, DEEP),
+            (1024 * k, DEEP),
+            (1024 * k, 1),
+            (256 * k, 1),
+            (128 * k, 1),
+            (128 * k, 1),
+            (64 * k, 1),
+            (64 * k, 1),
+        ];
+        assert_eq!(plans, want);
+        for n in [1, 3, 4, 5, 64, 100, 128, 256] {
             b.writers.store(n, std::sync::atomic::Ordering::Relaxed);
-            assert!(b.block_size() * 2 * n <= WRITE_BUDGET.max(2 * n * MIN_BLOCK));
+            let (size, depth) = b.plan();
+            assert!(size * (depth + 1) * n <= WRITE_BUDGET.max((depth + 1) * n * MIN_BLOCK));
         }
     }
 
