@@ -69,6 +69,22 @@ pub struct PutPolicy {
 }
 
 impl PutPolicy {
+    /// Parses a put policy: strict JSON, an object, no key twice. (serde
+    /// alone would also take an array of the fields in declaration order,
+    /// and skip invalid UTF-8 or a lone surrogate inside an ignored field:
+    /// text other JSON parsers refuse or read differently.)
+    pub fn from_json(json: &[u8]) -> Result<Self, TokenError> {
+        let bad = |e: serde_json::Error| TokenError::PolicyJson(e.to_string());
+        if !serde_json::from_slice::<serde_json::Value>(json)
+            .map_err(bad)?
+            .is_object()
+        {
+            return Err(TokenError::PolicyJson("the policy must be a JSON object".into()));
+        }
+        // Parsed again into the struct, which refuses duplicate keys.
+        serde_json::from_slice(json).map_err(bad)
+    }
+
     /// Refuses a token whose scope is not this bucket and object.
     pub fn check_scope(&self, bucket: &str, object: &str) -> Result<(), TokenError> {
         if self.bucket != bucket {
@@ -81,7 +97,8 @@ impl PutPolicy {
     }
 
     /// Whether `content_type` passes `MimeLimit` (`;`-separated, `image/*`
-    /// wildcards, parameters such as `; charset=` ignored). No limit: yes.
+    /// wildcards needing a subtype, `*` and `*/*` for anything, parameters
+    /// such as `; charset=` ignored). No limit: yes.
     pub fn allows_mime(&self, content_type: &str) -> bool {
         let Some(limit) = &self.mime_limit else {
             return true;
@@ -98,9 +115,14 @@ impl PutPolicy {
             .filter(|p| !p.is_empty())
             .any(|pat| {
                 let pat = pat.to_ascii_lowercase();
+                if pat == "*" || pat == "*/*" {
+                    return true;
+                }
                 match pat.strip_suffix("/*") {
-                    Some(top) => essence.split('/').next() == Some(top),
-                    None => pat == "*" || pat == "*/*" || pat == essence,
+                    Some(top) => essence
+                        .split_once('/')
+                        .is_some_and(|(t, sub)| t == top && !sub.is_empty()),
+                    None => pat == essence,
                 }
             })
     }
@@ -159,8 +181,7 @@ impl<'a> Token<'a> {
         mac.verify_slice(&claimed).map_err(|_| TokenError::BadSignature)?;
 
         let json = decode_b64(self.encoded_policy).map_err(|_| TokenError::PolicyBase64)?;
-        let policy: PutPolicy =
-            serde_json::from_slice(&json).map_err(|e| TokenError::PolicyJson(e.to_string()))?;
+        let policy = PutPolicy::from_json(&json)?;
         if let Some(url) = &policy.callback_url {
             let lower = url.to_ascii_lowercase();
             if !(lower.starts_with("http://") || lower.starts_with("https://")) {
@@ -302,6 +323,65 @@ mod tests {
         assert!(!p.allows_mime("video/webm"));
         assert!(!p.allows_mime("imagex/png"));
         assert!(PutPolicy::default().allows_mime("anything"));
+    }
+
+    /// Found by the `policy` fuzz target: a JSON array of the fields in
+    /// order was taken for a policy (serde's sequence form of a struct).
+    #[test]
+    fn regression_fuzz_policy_must_be_a_json_object() {
+        let enc = base64::engine::general_purpose::STANDARD.encode(r#"["doc","a",9999999999]"#);
+        let tok = format!("UPLOAD {AK}:{}:{enc}", sign(SK.as_bytes(), &enc));
+        let got = Token::parse(&tok).unwrap().verify(keys, 0, true);
+        assert!(matches!(got, Err(TokenError::PolicyJson(_))), "{got:?}");
+        assert!(PutPolicy::from_json(b" \n{\"Bucket\":\"doc\",\"Object\":\"a\"}").is_ok());
+    }
+
+    /// Found by the `token_parse` fuzz target: invalid UTF-8 (or a lone
+    /// surrogate escape) inside an unknown field's string was skipped, so
+    /// a policy that is not JSON verified.
+    #[test]
+    fn regression_fuzz_policy_must_be_strict_json() {
+        let json = b"{\"Bucket\":\"doc\",\"Object\":\"a\",\"X\":\"ht\x7f\xb0\"}";
+        assert!(matches!(
+            PutPolicy::from_json(json),
+            Err(TokenError::PolicyJson(_))
+        ));
+        let json = br#"{"Bucket":"doc","Object":"a","X":"\ud800"}"#;
+        assert!(matches!(
+            PutPolicy::from_json(json),
+            Err(TokenError::PolicyJson(_))
+        ));
+        let json = br#"{"Bucket":"doc","Object":"a","Bucket":"other"}"#;
+        assert!(matches!(
+            PutPolicy::from_json(json),
+            Err(TokenError::PolicyJson(_))
+        ));
+    }
+
+    /// Found by the `policy` fuzz target: `*/*` was taken for the type
+    /// `*` with any subtype, so it refused every real content type.
+    #[test]
+    fn regression_fuzz_mime_star_slash_star_allows_anything() {
+        let p = PutPolicy {
+            mime_limit: Some("*/*".into()),
+            ..Default::default()
+        };
+        assert!(p.allows_mime("video/mp4"));
+        assert!(p.allows_mime(""));
+    }
+
+    /// Found by the `policy` fuzz target: `image/*` let through a content
+    /// type with no subtype (`image`, `image/`).
+    #[test]
+    fn regression_fuzz_mime_wildcard_needs_a_subtype() {
+        let p = PutPolicy {
+            mime_limit: Some("image/*".into()),
+            ..Default::default()
+        };
+        assert!(p.allows_mime("image/png"));
+        assert!(!p.allows_mime("image"));
+        assert!(!p.allows_mime("image/"));
+        assert!(!p.allows_mime("image; charset=x"));
     }
 
     proptest! {
