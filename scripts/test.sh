@@ -13,6 +13,9 @@ ensure_garage
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The dependency tree: licenses, sources, duplicates, advisories (deny.toml).
+ensure_cargo_deny
+bash scripts/deny.sh
 cargo test --workspace --locked
 
 # The browser uploader (web/): its npm packages from the committed lock file,
