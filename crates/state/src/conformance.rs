@@ -19,6 +19,7 @@ where
     md5_claims_and_object_md5(&fresh().await).await;
     idle_sessions_and_delete(&fresh().await).await;
     racing_advances_have_one_winner(Arc::new(fresh().await)).await;
+    many_sessions_advance_at_once(Arc::new(fresh().await)).await;
     tagged_completions_are_logged(&fresh().await).await;
     leases_admit_one_owner_at_a_time(&fresh().await).await;
     administration_lists_and_deletes(&fresh().await).await;
@@ -490,6 +491,40 @@ async fn racing_advances_have_one_winner<S: SessionStore>(s: Arc<S>) {
     let (len, offset) = winners[0];
     assert_eq!(offset, 10 + len);
     assert_eq!(s.get("race").await.unwrap().unwrap().offset, 10 + len);
+}
+
+/// Many sessions advancing at once, some with a stale offset: each advance
+/// stands or falls alone (a store that commits them in groups must not let
+/// one refusal undo the others), and every offset ends where it should.
+async fn many_sessions_advance_at_once<S: SessionStore>(s: Arc<S>) {
+    let n = 64u64;
+    for i in 0..n {
+        s.advance(&format!("many{i}"), new(10, 1)).await.unwrap();
+    }
+    let tasks: Vec<_> = (0..n)
+        .flat_map(|i| {
+            let ctx = format!("many{i}");
+            // Every session gets a good advance; every third also a stale one.
+            let good = (ctx.clone(), at(10, i + 1, 2), true);
+            let stale = (i % 3 == 0).then(|| (ctx, at(3, 1, 2), false));
+            std::iter::once(good).chain(stale)
+        })
+        .map(|(ctx, change, good)| {
+            let s = s.clone();
+            tokio::spawn(async move { (good, s.advance(&ctx, change).await) })
+        })
+        .collect();
+    for t in tasks {
+        match t.await.unwrap() {
+            (true, Ok(a)) => assert_eq!(a.session.offset, 10 + a.session.last_chunk_len.unwrap()),
+            (false, Err(StateError::Conflict { committed })) => assert!(committed >= 10),
+            (good, other) => panic!("good={good}: unexpected {:?}", other.map(|a| a.session.offset)),
+        }
+    }
+    for i in 0..n {
+        let got = s.get(&format!("many{i}")).await.unwrap().unwrap();
+        assert_eq!((got.offset, got.last_chunk_len), (10 + i + 1, Some(i + 1)));
+    }
 }
 
 /// Runs every check of the node registry on the stores `fresh` makes.
