@@ -158,15 +158,7 @@ async fn a_failing_callback_is_520_the_object_stays_and_a_replay_retries() {
     assert!(!b["callbackRetMsg"].as_str().unwrap().is_empty());
     assert_eq!(app.seen.lock().unwrap().len(), 2);
     // Both outcomes are in the metrics.
-    let metrics = n
-        .http
-        .get(format!("{}/metrics", n.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = n.metrics().await;
     for outcome in ["ok", "error"] {
         let line = format!("upline_callbacks_total{{kind=\"upload\",outcome=\"{outcome}\"}} 1");
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");

@@ -94,15 +94,7 @@ async fn metrics_count_what_the_node_did() {
         .send(Chunk::new("/vid/m.mp4", &t, 4000, true, Some(&ctx), data(1, 4)))
         .await;
     assert_eq!(s, 200);
-    let text = n
-        .http
-        .get(format!("{}/metrics", n.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = n.metrics().await;
     assert_eq!(sample(&text, "upline_sessions_open"), Some(0.0), "{text}");
     assert_eq!(sample(&text, "upline_chunks_stored_total"), Some(3.0), "{text}");
 }

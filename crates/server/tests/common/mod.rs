@@ -131,6 +131,18 @@ impl TestNode {
         self.srv.stop().await
     }
 
+    /// The node's `GET /metrics` text.
+    pub async fn metrics(&self) -> String {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    }
+
     pub async fn send(&self, c: Chunk<'_>) -> (u16, Value) {
         let mut url = format!(
             "{}{}?offset={}&complete={}&version=1.0",
