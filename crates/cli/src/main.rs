@@ -137,8 +137,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             CredentialSource::ConfigFile => "from the config file".to_owned(),
             CredentialSource::Generated(p) => format!("kept in {}", p.display()),
         };
+        let scheme = if cfg.tls_cert.is_some() { "https" } else { "http" };
         eprintln!(
-            "upline: serving on http://{} (data dir {}), access key {access_key} {origin}",
+            "upline: serving on {scheme}://{} (data dir {}), access key {access_key} {origin}",
             app.local_addr(),
             cfg.data_dir.display()
         );

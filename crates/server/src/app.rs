@@ -14,12 +14,10 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 use upline_apps::{AppConfig, AppService, Sealer};
@@ -61,6 +59,8 @@ pub enum StartError {
     Http(#[source] reqwest::Error),
     #[error("master key: {0}")]
     MasterKey(#[from] crate::secrets::KeyError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Threads for blocking file work (writes, fsyncs, SQLite) a node's runtime
@@ -90,6 +90,8 @@ pub struct AppState {
     pub live_nodes: Arc<handlers::NodeCache>,
     pub cfg: Arc<ServerConfig>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The resume-point query's rate limits.
+    pub throttle: Arc<crate::throttle::QueryThrottle>,
 }
 
 /// A built node, bound and ready to serve.
@@ -98,6 +100,7 @@ pub struct App {
     state: AppState,
     router: Router,
     notifier: Arc<crate::callback::HttpCallbacks>,
+    tls: Option<Arc<crate::tls::TlsCerts>>,
 }
 
 /// Unix time in seconds.
@@ -131,11 +134,13 @@ impl App {
             addr: cfg.listen,
             source,
         })?;
+        let tls = crate::tls::TlsCerts::from_config(&cfg)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let base_url = cfg
             .public_url
             .clone()
             .map(|u| u.trim_end_matches('/').to_owned())
-            .unwrap_or_else(|| format!("http://{bound}"));
+            .unwrap_or_else(|| format!("{scheme}://{bound}"));
         let data_err = |source| StartError::DataDir {
             path: cfg.data_dir.clone(),
             source,
@@ -203,6 +208,10 @@ impl App {
             base_url,
             live_nodes: Arc::new(handlers::NodeCache::new(Duration::from_millis(250))),
             metrics,
+            throttle: Arc::new(crate::throttle::QueryThrottle::new(
+                cfg.query_rate_per_ip,
+                cfg.query_rate_per_token,
+            )),
             cfg: Arc::new(cfg),
         };
         let router = Router::new()
@@ -214,7 +223,13 @@ impl App {
             state,
             router,
             notifier: callbacks,
+            tls,
         })
+    }
+
+    /// The certificate pair when TLS is on (tests reload it as SIGHUP does).
+    pub fn tls(&self) -> Option<Arc<crate::tls::TlsCerts>> {
+        self.tls.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -249,14 +264,31 @@ impl App {
             )));
             background.push(tokio::spawn(heartbeat_forever(self.state.clone())));
         }
+        background.push(tokio::spawn(crate::throttle::forget_forever(
+            self.state.throttle.clone(),
+        )));
+        if let Some(certs) = &self.tls {
+            background.push(tokio::spawn(crate::tls::reload_on_sighup(certs.clone())));
+        }
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(cfg.header_timeout_secs))
             .keep_alive(true)
-            .max_buf_size(CONN_READ_BUFFER)
-            .pipeline_flush(true);
+            // No pipeline_flush: with it, hyper holds answers back while
+            // pipelined bytes are buffered, and a malformed request among
+            // them ends the connection with the held answers unsent (its
+            // own 400/431 included). Pipelined answers still come in order.
+            .max_buf_size(CONN_READ_BUFFER);
+        let acceptor = crate::accept::Acceptor {
+            builder,
+            router: self.router.clone(),
+            limit: crate::limits::ConnLimit::new(cfg.max_connections),
+            tls: self.tls.as_ref().map(|c| c.acceptor()),
+            handshake_timeout: Duration::from_secs(cfg.header_timeout_secs),
+            body_idle: Duration::from_secs(cfg.body_idle_timeout_secs),
+        };
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         tracing::info!(addr = %self.local_addr(), "serving");
@@ -273,21 +305,7 @@ impl App {
                 },
                 () = &mut shutdown => break,
             };
-            let _ = stream.set_nodelay(true);
-            let info = stream.local_addr().ok().map(|local| ConnInfo { local, peer });
-            let router = self.router.clone();
-            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                if let Some(info) = info {
-                    req.extensions_mut().insert(info);
-                }
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
-            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            });
+            acceptor.take(stream, peer, graceful.watcher());
         }
         drop(self.listener);
         for task in &background {
@@ -401,6 +419,7 @@ async fn dispatch(State(app): State<AppState>, req: Request) -> Response {
         let conn = req.extensions().get::<ConnInfo>().copied();
         let started = std::time::Instant::now();
         let endpoint = match Endpoint::parse(req.method(), req.uri()) {
+            _ if crate::limits::uri_too_long(req.uri()) => Endpoint::UriTooLong,
             e @ (Endpoint::Health | Endpoint::Lbs(_) | Endpoint::Options | Endpoint::Metrics) => e,
             _ if app.cfg.role == Role::Lbs => Endpoint::NotFound,
             e => e,
@@ -413,7 +432,13 @@ async fn dispatch(State(app): State<AppState>, req: Request) -> Response {
             Endpoint::Lbs(params) => handlers::lbs(&app, params, conn).await,
             Endpoint::Stat => handlers::stat(req.into_body()).await,
             Endpoint::Upload(path, params) => handlers::upload(&app, &rid, path, params, req).await,
-            Endpoint::Resume(path, params) => handlers::resume(&app, &rid, path, params, req.headers()).await,
+            Endpoint::Resume(path, params) => {
+                let ip = conn.map(|c| c.peer.ip());
+                match app.throttle.refuse(&rid, ip, req.headers()) {
+                    Some(refusal) => refusal,
+                    None => handlers::resume(&app, &rid, path, params, req.headers()).await,
+                }
+            }
             Endpoint::Download { path, head } => {
                 let query = req.uri().query().unwrap_or("").to_owned();
                 crate::download::handle(&app, &rid, path, head, &query, req.headers()).await
@@ -422,6 +447,11 @@ async fn dispatch(State(app): State<AppState>, req: Request) -> Response {
             Endpoint::Demo(call) => crate::demo::handle(&app, &rid, call, req).await,
             Endpoint::Refused(msg) => handlers::refused(&rid, StatusCode::BAD_REQUEST, msg),
             Endpoint::NotFound => handlers::refused(&rid, StatusCode::NOT_FOUND, "no such endpoint".into()),
+            Endpoint::UriTooLong => handlers::refused(
+                &rid,
+                StatusCode::URI_TOO_LONG,
+                format!("request line longer than {} bytes", crate::limits::MAX_URI),
+            ),
         };
         if let Ok(v) = HeaderValue::from_str(&rid.0) {
             resp.headers_mut().insert("x-request-id", v);

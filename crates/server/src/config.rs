@@ -29,6 +29,7 @@ impl ServerConfig {
     pub fn base_url(&self) -> String {
         match &self.public_url {
             Some(u) => u.trim_end_matches('/').to_owned(),
+            None if self.tls_cert.is_some() => format!("https://{}", self.listen),
             None => format!("http://{}", self.listen),
         }
     }
@@ -112,6 +113,23 @@ pub struct ServerConfig {
     /// The demo page at `/demo` and its dev-only token endpoint; default:
     /// on only for the embedded default bound to loopback (see `demo.rs`).
     pub demo: Option<bool>,
+    /// Most connections served at once; past it a few more are answered
+    /// 503 and closed, the rest closed at accept (see `limits.rs`).
+    pub max_connections: usize,
+    /// Seconds a request body may send nothing before the chunk fails
+    /// (nothing committed) and the connection is closed.
+    pub body_idle_timeout_secs: u64,
+    /// Resume-point queries per second (and burst) one client IP may make
+    /// (IPv6: one /64); 0 turns the limit off.
+    pub query_rate_per_ip: u32,
+    /// Resume-point queries per second (and burst) one token may make; 0
+    /// turns the limit off.
+    pub query_rate_per_token: u32,
+    /// PEM certificate chain; with `tls_key`, the node serves HTTPS only
+    /// and reloads both files on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// What a process serves.
@@ -157,6 +175,12 @@ impl Default for ServerConfig {
             s3_access_key: None,
             s3_secret_key: None,
             demo: None,
+            max_connections: 512,
+            body_idle_timeout_secs: 60,
+            query_rate_per_ip: 20,
+            query_rate_per_token: 5,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

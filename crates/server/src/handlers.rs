@@ -123,7 +123,14 @@ pub async fn lbs(
         upload.push(upload[0].clone());
     }
     let lbs = match conn {
-        Some(c) if app.cfg.public_url.is_none() => format!("http://{}/lbs", c.local),
+        Some(c) if app.cfg.public_url.is_none() => {
+            let scheme = if app.cfg.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}/lbs", c.local)
+        }
         _ => format!("{}/lbs", app.base_url),
     };
     Json(LbsOk { lbs, upload }).into_response()

@@ -4,6 +4,7 @@
 //! `upline-core`, and rendered in [`render`] — the one place errors get
 //! their status codes and JSON bodies. [`App`] owns the accept loop.
 
+pub mod accept;
 pub mod app;
 pub mod appapi;
 pub mod backends;
@@ -12,11 +13,14 @@ pub mod config;
 pub mod demo;
 pub mod download;
 pub mod handlers;
+pub mod limits;
 pub mod metrics;
 pub mod render;
 pub mod routes;
 pub mod secrets;
 pub mod testing;
+pub mod throttle;
+pub mod tls;
 
 pub use app::{App, BLOCKING_THREADS, StartError, unix_now};
 pub use config::{Credential, Role, Secret, ServerConfig};

@@ -39,6 +39,8 @@ pub enum Endpoint {
     /// A request the protocol knows but refuses (400, with this message).
     Refused(String),
     NotFound,
+    /// A path and query longer than `limits::MAX_URI` (414).
+    UriTooLong,
 }
 
 impl Endpoint {
@@ -95,7 +97,7 @@ impl Endpoint {
             Endpoint::Download { .. } => "download",
             Endpoint::AppApi(_) => "app_api",
             Endpoint::Demo(_) => "demo",
-            Endpoint::Refused(_) => "refused",
+            Endpoint::Refused(_) | Endpoint::UriTooLong => "refused",
             Endpoint::NotFound => "not_found",
         }
     }
