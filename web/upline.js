@@ -395,7 +395,8 @@ export class Upload {
         const msg = res.body.errMsg ?? '';
         if (res.status === 404) return null;
         if (res.status === 403) throw tokenRefused(msg);
-        if (res.status < 500 && !res.ok) {
+        // 429 is the node's query rate limit: back off and ask again.
+        if (res.status < 500 && res.status !== 429 && !res.ok) {
           throw new UploadError('refused', `the server refused the resume query (${res.status}): ${msg}`, { status: res.status });
         }
         failure = `resume query: ${res.status} ${msg}`;

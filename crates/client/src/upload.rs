@@ -359,7 +359,10 @@ impl Upload<'_> {
                         Reply::Ok(q) => return Ok(Some(q.offset)),
                         Reply::Status { status: 404, .. } => return Ok(None),
                         Reply::Status { status: 403, message } => return Err(UploadError::Token(message)),
-                        Reply::Status { status, message } if status >= 500 => format!("{status}: {message}"),
+                        // 429: the node's query rate limit; wait and ask again.
+                        Reply::Status { status, message } if status >= 500 || status == 429 => {
+                            format!("{status}: {message}")
+                        }
                         Reply::Status { status, message } => {
                             return Err(UploadError::Refused { status, message });
                         }

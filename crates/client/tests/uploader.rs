@@ -315,6 +315,54 @@ async fn an_interrupted_upload_resumes_from_the_journal_without_resending() {
 }
 
 #[tokio::test]
+async fn a_rate_limited_resume_query_is_retried() {
+    // The node's query limit answers 429: the uploader waits and asks
+    // again instead of giving up (it gave up before).
+    let s = Server::start(|c| c.query_rate_per_ip = 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(3 << 20, 5);
+    let path = file(dir.path(), "f", &bytes);
+    interrupted(&s, dir.path(), &path, 2).await;
+    let token = PutPolicy {
+        bucket: "doc".into(),
+        object: "f".into(),
+        expires: Some(unix_now() + 600),
+        ..Default::default()
+    }
+    .sign(AK, SK.as_bytes());
+    let http = reqwest::Client::new();
+    let mut refused = 0;
+    for _ in 0..4 {
+        let st = http
+            .get(format!(
+                "{}/doc/f?uploadContext&context=nothing&version=1.0",
+                s.base
+            ))
+            .header("x-nos-token", &token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        refused += (st == 429) as u32;
+    }
+    assert!(refused >= 1, "the limit is spent");
+    let events = Events::default();
+    let up = builder(&events, &dir.path().join("j"))
+        .nodes([s.base.clone()])
+        .build()
+        .unwrap();
+    let done = up.upload_file(&path, "doc", "f").await.unwrap();
+    assert_eq!(done.resumed_from, 2 << 20);
+    assert_eq!(s.stored("f").await, bytes);
+    let retried = events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, Event::Retry { .. }));
+    assert!(retried, "the 429 was waited out");
+}
+
+#[tokio::test]
 async fn a_file_changed_between_runs_starts_over() {
     let s = server().await;
     let dir = tempfile::tempdir().unwrap();
