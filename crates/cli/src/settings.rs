@@ -109,6 +109,7 @@ struct CredentialsFile {
 /// secret, written to a new 0600 file, fsync'ed.
 fn generated(path: &Path) -> anyhow::Result<Credential> {
     if let Ok(text) = std::fs::read_to_string(path) {
+        upline_server::secrets::keep_private(path);
         let file: CredentialsFile = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid credentials file", path.display()))?;
         return file

@@ -569,3 +569,42 @@ fn generated_secrets_are_0600_even_under_umask_000() {
         assert_eq!(mode(&fresh.path().join(name)), 0o600, "{name} of a new node");
     }
 }
+
+#[test]
+fn secret_files_readable_by_others_are_made_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // A master key and credentials copied in by hand, world-readable.
+    let key = dir.path().join("master.key");
+    let creds = dir.path().join("credentials.toml");
+    std::fs::write(&key, MASTER_KEY).unwrap();
+    std::fs::write(
+        &creds,
+        format!("[[credentials]]\naccess_key = \"{AK}\"\nsecret_key = \"{SK}\"\n"),
+    )
+    .unwrap();
+    for p in [&key, &creds] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = upline_with_umask_000(&["app", "create", "a", "--json", "--data-dir", d], &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("master.key was readable by others"), "{stderr}");
+    assert_eq!(mode(&key), 0o600);
+    let out = upline_with_umask_000(
+        &["token", "--bucket", "doc", "--object", "a", "--data-dir", d],
+        &[],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credentials.toml was readable by others"));
+    assert_eq!(mode(&creds), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        MASTER_KEY,
+        "the key itself is kept"
+    );
+}

@@ -27,13 +27,42 @@ pub fn master_key(cfg: &ServerConfig) -> Result<[u8; 32], KeyError> {
         source,
     };
     match std::fs::read_to_string(&path) {
-        Ok(text) => parse(text.trim()),
+        Ok(text) => {
+            keep_private(&path);
+            parse(text.trim())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key: [u8; 32] = rand::random();
             write_new(&path, &hex::encode(key)).map_err(err)?;
             Ok(key)
         }
         Err(e) => Err(err(e)),
+    }
+}
+
+/// Secrets at rest live only in files of mode 0600: an existing secret
+/// file that group or others may read (copied in by hand, restored from a
+/// backup) is made private again, with a warning on stderr (and a louder
+/// one if that is not allowed: the secret is exposed, but refusing to
+/// start would not hide it again).
+pub fn keep_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Ok(()) => eprintln!(
+            "upline: warning: {} was readable by others (mode {mode:o}); it is now 0600",
+            path.display()
+        ),
+        Err(e) => eprintln!(
+            "upline: warning: {} is readable by others (mode {mode:o}) and could not be made 0600: {e}",
+            path.display()
+        ),
     }
 }
 
