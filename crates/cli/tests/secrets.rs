@@ -99,7 +99,8 @@ async fn failing_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
 struct Seen {
     /// Every secret that must never be logged or echoed.
     secrets: Vec<(String, String)>,
-    /// The bodies of every non-2xx answer (and app API refusals).
+    /// The bodies of every non-2xx answer (and app API refusals), and
+    /// the public /metrics page.
     error_bodies: Vec<String>,
 }
 
@@ -455,6 +456,11 @@ async fn nothing_secret_is_logged_or_echoed() {
         requests.iter().any(|r| r.contains("/cb?auth=")),
         "the callback was called"
     );
+
+    // The metrics page is public: it is searched like an error body.
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    seen.error_bodies.push(metrics.text().await.unwrap());
 
     // A graceful stop, so every line is written.
     Command::new("kill")
