@@ -62,7 +62,8 @@ impl StorageBackend {
                 .map_err(BackendUrlError);
         }
         Err(BackendUrlError(format!(
-            "unknown storage {url:?}: write fs://PATH or s3://BUCKET?endpoint=http://HOST:PORT&region=REGION"
+            "unknown storage {:?}: write fs://PATH or s3://BUCKET?endpoint=http://HOST:PORT&region=REGION",
+            redact(url)
         )))
     }
 
@@ -93,8 +94,10 @@ impl StateBackend {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(StateBackend::Postgres { url: url.to_owned() })
             }
+            // A mistyped scheme must not print the password it carries.
             Some(other) => Err(BackendUrlError(format!(
-                "unknown state {other:?}: write embedded or postgres://USER@HOST/DATABASE"
+                "unknown state {:?}: write embedded or postgres://USER@HOST/DATABASE",
+                redact(other)
             ))),
         }
     }
@@ -185,5 +188,22 @@ mod tests {
         let e = StateBackend::from_config(&cfg(None, Some("mysql://x"))).unwrap_err();
         assert!(e.0.contains("postgres://"), "{e}");
         assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u@h/db");
+    }
+
+    /// A mistyped scheme was echoed whole at start, password and all.
+    #[test]
+    fn regression_unknown_urls_are_echoed_without_their_password() {
+        let cfg = |storage: Option<&str>, state: Option<&str>| ServerConfig {
+            storage: storage.map(str::to_owned),
+            state: state.map(str::to_owned),
+            ..Default::default()
+        };
+        let e = StateBackend::from_config(&cfg(None, Some("pg://upline:hunter2@db/upline"))).unwrap_err();
+        assert!(
+            !e.0.contains("hunter2") && e.0.contains("pg://upline@db/upline"),
+            "{e}"
+        );
+        let e = StorageBackend::from_config(&cfg(Some("gcs://key:hunter2@b"), None)).unwrap_err();
+        assert!(!e.0.contains("hunter2"), "{e}");
     }
 }
