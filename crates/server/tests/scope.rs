@@ -1,8 +1,9 @@
 //! Token scope on every endpoint that takes a credential: a table of bad
 //! credentials (another bucket, another object, expired, unknown key,
 //! wrong secret, malformed, missing) against every such endpoint (first
-//! chunk, next chunk, final chunk, resume query, download GET and HEAD,
-//! signed URL, the app API's three calls). Each must get its own refusal
+//! chunk, next chunk, final chunk, the replay of a completed final chunk,
+//! resume query, download GET and HEAD, signed URL, the app API's three
+//! calls). Each must get its own refusal
 //! and change nothing: no byte of the node's data directory (blobs and
 //! database alike) may differ after the refused request.
 //!
@@ -184,6 +185,7 @@ async fn every_endpoint_refuses_every_bad_token_and_changes_nothing() {
         )
         .await;
     assert_eq!(s, 200, "{b}");
+    let pub_ctx = b["context"].as_str().unwrap().to_owned();
     let open_tok = token("doc", "open.mp4");
     let (s, b) = n
         .send(Chunk::new(
@@ -218,6 +220,7 @@ async fn every_endpoint_refuses_every_bad_token_and_changes_nothing() {
     let ctx4 = ctx.clone();
     let body2 = body.clone();
     let body3 = body.clone();
+    let body4 = body.clone();
     let endpoints: Vec<(&str, (&str, &str), Call)> = vec![
         (
             "first chunk",
@@ -242,6 +245,16 @@ async fn every_endpoint_refuses_every_bad_token_and_changes_nothing() {
             Box::new(move |t| {
                 let url = format!("{base}/doc/open.mp4?offset=1000&complete=true&version=1.0&context={ctx3}");
                 Box::pin(send(http.post(url).body(vec![7u8; 2000]), t))
+            }),
+        ),
+        (
+            // The exact replay of a completed upload's final chunk, which
+            // would publish again and rerun a callback.
+            "final replay",
+            ("doc", "pub.mp4"),
+            Box::new(move |t| {
+                let url = format!("{base}/doc/pub.mp4?offset=0&complete=true&version=1.0&context={pub_ctx}");
+                Box::pin(send(http.post(url).body(body4.clone()), t))
             }),
         ),
         (
@@ -290,6 +303,14 @@ async fn every_endpoint_refuses_every_bad_token_and_changes_nothing() {
         }
     }
 
+    // The same calls with the right token pass: the refusals above were
+    // the token's doing (the state-preserving calls only).
+    for (name, (bucket, object), call) in &endpoints {
+        if ["final replay", "resume query", "download GET", "download HEAD"].contains(name) {
+            let out = call(Some(token(bucket, object))).await;
+            assert_eq!(out.status, 200, "{name} with the right token: {}", out.body);
+        }
+    }
     drop(endpoints);
     // The session and the object are as they were.
     assert_eq!(n.query("/doc/open.mp4", &open_tok, &ctx).await.1["offset"], 1000);
