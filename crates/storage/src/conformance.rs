@@ -27,6 +27,7 @@ where
     delete_and_list(&fresh().await).await;
     large_write_in_many_frames(&fresh().await).await;
     unaligned_writes_and_a_rewrite(&fresh().await).await;
+    sizes_listing_and_quarantine(&fresh().await).await;
 }
 
 /// A body of the given frames.
@@ -212,4 +213,27 @@ async fn unaligned_writes_and_a_rewrite(store: &dyn BlobStore) {
     assert_eq!(read(store, &b, 0, model.len() as u64).await, model);
     store.publish(&b, model.len() as u64).await.unwrap();
     assert_eq!(read(store, &b, 0, model.len() as u64 + 100).await, model);
+}
+
+/// Staged sizes count from offset 0, the published listing has sizes, and
+/// a quarantined blob (staged or published) is neither listed nor read.
+async fn sizes_listing_and_quarantine(s: &dyn BlobStore) {
+    let (a, b) = (id("sizeA"), id("sizeB"));
+    assert_eq!(s.staged_size(&a).await.unwrap(), None);
+    s.write_at(&a, 0, body(vec![vec![1; 100]])).await.unwrap();
+    s.write_at(&a, 100, body(vec![vec![2; 50]])).await.unwrap();
+    assert_eq!(s.staged_size(&a).await.unwrap(), Some(150));
+    s.write_at(&b, 0, body(vec![vec![3; 70]])).await.unwrap();
+    s.publish(&b, 70).await.unwrap();
+    assert_eq!(s.staged_size(&b).await.unwrap(), None);
+    assert_eq!(s.list_published().await.unwrap(), vec![(b.clone(), 70)]);
+    assert!(!s.quarantined(&a).await.unwrap());
+    assert!(s.quarantine(&a, "test: staged").await.unwrap());
+    assert!(s.quarantine(&b, "test: published").await.unwrap());
+    assert!(s.quarantined(&a).await.unwrap() && s.quarantined(&b).await.unwrap());
+    assert!(s.list_staged().await.unwrap().is_empty());
+    assert!(s.list_published().await.unwrap().is_empty());
+    assert!(matches!(s.read_at(&b, 0, 70).await, Err(StorageError::NotFound)));
+    assert!(matches!(s.read_at(&a, 0, 70).await, Err(StorageError::NotFound)));
+    assert!(!s.quarantine(&id("nothing"), "x").await.unwrap());
 }

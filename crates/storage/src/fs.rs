@@ -1,5 +1,5 @@
 //! Local-disk [`BlobStore`]: `staging/<id>` while open, `objects/<xx>/<id>`
-//! once published.
+//! once published, `quarantine/<id>` (with `<id>.why`) when found damaged.
 //!
 //! Writes go at explicit offsets (`pwrite`), never in append mode, so a
 //! retried chunk overwrites exactly the bytes of the failed attempt. A
@@ -47,6 +47,8 @@ const IDLE_BYTES: usize = 8 * 1024 * 1024;
 pub struct FsStore {
     staging: PathBuf,
     objects: PathBuf,
+    /// Created on first use.
+    quarantine: PathBuf,
     buffers: Arc<Buffers>,
     on_sync: SyncObserver,
 }
@@ -83,6 +85,7 @@ impl FsStore {
         Ok(Self {
             staging,
             objects,
+            quarantine: root.join("quarantine"),
             buffers: Arc::default(),
             on_sync: SyncObserver::default(),
         })
@@ -128,6 +131,50 @@ impl FsStore {
             direct: open_direct(&path),
             buffered,
         })
+    }
+
+    /// Moves the staged or published file of `id` to `quarantine/`, with
+    /// `note` next to it, durably.
+    fn quarantine_blocking(&self, id: &BlobId, note: &str) -> Result<bool, StorageError> {
+        let from = [self.staged(id), self.published(id)]
+            .into_iter()
+            .find(|p| p.exists());
+        let Some(from) = from else { return Ok(false) };
+        if !self.quarantine.exists() {
+            std::fs::create_dir_all(&self.quarantine)?;
+            if let Some(root) = self.quarantine.parent() {
+                fsync_dir(root)?;
+            }
+        }
+        let why = self.quarantine.join(format!("{}.why", id.as_str()));
+        let mut f = File::create(&why)?;
+        io::Write::write_all(&mut f, note.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&from, self.quarantine.join(id.as_str()))?;
+        fsync_dir(&self.quarantine)?;
+        if let Some(dir) = from.parent() {
+            fsync_dir(dir)?;
+        }
+        Ok(true)
+    }
+
+    fn list_published_blocking(&self) -> Result<Vec<(BlobId, u64)>, StorageError> {
+        let mut out = Vec::new();
+        for shard in std::fs::read_dir(&self.objects)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(shard.path())? {
+                let entry = entry?;
+                match entry.file_name().to_str().and_then(BlobId::new) {
+                    Some(id) => out.push((id, entry.metadata()?.len())),
+                    None => tracing::warn!(name = ?entry.path(), "stray file in objects ignored"),
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn publish_blocking(&self, id: &BlobId, size: u64) -> Result<(), StorageError> {
@@ -297,6 +344,32 @@ impl BlobStore for FsStore {
         }
         out.sort();
         Ok(out)
+    }
+
+    async fn staged_size(&self, id: &BlobId) -> Result<Option<u64>, StorageError> {
+        match tokio::fs::metadata(self.staged(id)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list_published(&self) -> Result<Vec<(BlobId, u64)>, StorageError> {
+        let this = self.clone();
+        spawn_blocking(move || this.list_published_blocking())
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn quarantine(&self, id: &BlobId, note: &str) -> Result<bool, StorageError> {
+        let (this, id, note) = (self.clone(), id.clone(), note.to_owned());
+        spawn_blocking(move || this.quarantine_blocking(&id, &note))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn quarantined(&self, id: &BlobId) -> Result<bool, StorageError> {
+        Ok(tokio::fs::try_exists(self.quarantine.join(id.as_str())).await?)
     }
 }
 

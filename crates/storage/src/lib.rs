@@ -59,6 +59,13 @@ pub enum StorageError {
     Io(#[from] io::Error),
 }
 
+fn unsupported(what: &str) -> StorageError {
+    StorageError::Io(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{what} is not supported by this store"),
+    ))
+}
+
 /// The storage contract. All methods may be called concurrently for
 /// different blobs; callers serialize writes to one blob.
 #[async_trait::async_trait]
@@ -86,6 +93,36 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// The staged (unpublished) blobs, for recovery and collection.
     async fn list_staged(&self) -> Result<Vec<BlobId>, StorageError>;
+
+    /// How many bytes the staged blob `id` holds from offset 0 on (bytes
+    /// past the committed offset included); `None` when it is not staged.
+    /// Recovery compares it with the committed offset: a shorter blob lost
+    /// acknowledged bytes.
+    async fn staged_size(&self, id: &BlobId) -> Result<Option<u64>, StorageError> {
+        let _ = id;
+        Err(unsupported("staged_size"))
+    }
+
+    /// The published blobs and their sizes, for the scrub that checks
+    /// them against the object records.
+    async fn list_published(&self) -> Result<Vec<(BlobId, u64)>, StorageError> {
+        Err(unsupported("list_published"))
+    }
+
+    /// Moves the blob `id` (staged or published) out of service into a
+    /// quarantine area, with `note` saying why, for an operator to look
+    /// at; it is never read or served again. Returns whether there was a
+    /// blob to move.
+    async fn quarantine(&self, id: &BlobId, note: &str) -> Result<bool, StorageError> {
+        let _ = (id, note);
+        Err(unsupported("quarantine"))
+    }
+
+    /// Whether the blob `id` was quarantined.
+    async fn quarantined(&self, id: &BlobId) -> Result<bool, StorageError> {
+        let _ = id;
+        Ok(false)
+    }
 
     /// Whether several nodes write to this store at once (then writers of
     /// one session are serialized across nodes by a lease in the session

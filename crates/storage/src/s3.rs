@@ -14,6 +14,9 @@
 //!   complete the upload (object_store's `MultipartStore` exposes the ids
 //!   as plain strings, which is why it is used rather than opendal).
 //!
+//! A blob found damaged is moved (copied, then deleted) under
+//! `quarantine/<id>` with a `quarantine/<id>.why` note.
+//!
 //! Publication uploads the tail as the last part, completes the multipart
 //! upload into `blobs/<id>` (objects smaller than one part are a single
 //! PUT) and deletes the staging objects. Part sizes are checked here,
@@ -405,12 +408,18 @@ impl BlobStore for S3Store {
     }
 
     async fn publish(&self, id: &BlobId, size: u64) -> Result<(), StorageError> {
+        // The final object appears at once and whole (one PUT, or the
+        // multipart completion), so its presence means published: what is
+        // left in staging is a cleanup a crash cut short. (Publishing from
+        // that remainder failed — its first chunks may be gone already.)
+        match self.s3.head(&final_key(id)).await {
+            Ok(_) => return self.clear_staging(id).await,
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(io_err(e)),
+        }
         let mut st = self.staged(id).await?;
         if !st.any {
-            return match self.s3.head(&final_key(id)).await {
-                Ok(_) => Ok(()),
-                Err(e) => Err(io_err(e)),
-            };
+            return Err(StorageError::NotFound);
         }
         let full = size / self.part;
         if full == 0 {
@@ -489,6 +498,95 @@ impl BlobStore for S3Store {
             .collect();
         ids.sort();
         Ok(ids)
+    }
+
+    async fn staged_size(&self, id: &BlobId) -> Result<Option<u64>, StorageError> {
+        // Published (see `publish`): staging holds only leftovers.
+        match self.s3.head(&final_key(id)).await {
+            Ok(_) => return Ok(None),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let st = self.staged(id).await?;
+        if !st.any {
+            return Ok(None);
+        }
+        // The contiguous chain of chunks from offset 0.
+        let mut end = 0;
+        while let Some(&n) = st.chunks.get(&end) {
+            if n == 0 {
+                break;
+            }
+            end += n;
+        }
+        Ok(Some(end))
+    }
+
+    async fn list_published(&self) -> Result<Vec<(BlobId, u64)>, StorageError> {
+        let mut out = Vec::new();
+        let mut listing = self.s3.list(Some(&Path::from("blobs")));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(io_err)?;
+            if let Some(id) = meta.location.filename().and_then(BlobId::new) {
+                out.push((id, meta.size));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn quarantine(&self, id: &BlobId, note: &str) -> Result<bool, StorageError> {
+        let to = |name: &str| Path::from(format!("quarantine/{}/{name}", id.as_str()));
+        let mut moved = false;
+        match self.s3.copy(&final_key(id), &to("blob")).await {
+            Ok(()) => {
+                moved = true;
+                self.s3.delete(&final_key(id)).await.map_err(io_err)?;
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let listing = self
+            .s3
+            .list_with_delimiter(Some(&staging(id)))
+            .await
+            .map_err(io_err)?;
+        for meta in &listing.objects {
+            let name = meta.location.filename().unwrap_or_default();
+            self.s3
+                .copy(&meta.location, &to(&format!("staged-{name}")))
+                .await
+                .map_err(io_err)?;
+            moved = true;
+        }
+        if moved {
+            self.s3
+                .put(
+                    &Path::from(format!("quarantine/{}.why", id.as_str())),
+                    PutPayload::from(note.to_owned()),
+                )
+                .await
+                .map_err(io_err)?;
+            let st = self.staged(id).await?;
+            if let Some(u) = &st.upload {
+                let u = self.resolve(u).await?;
+                let _ = self.s3.abort_multipart(&final_key(id), &u).await;
+            }
+            self.clear_staging(id).await?;
+        }
+        Ok(moved)
+    }
+
+    async fn quarantined(&self, id: &BlobId) -> Result<bool, StorageError> {
+        match self
+            .s3
+            .head(&Path::from(format!("quarantine/{}.why", id.as_str())))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(io_err(e)),
+        }
     }
 }
 

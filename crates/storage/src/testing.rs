@@ -171,6 +171,31 @@ impl Garage {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Starts the server again on the same data and ports (after
+    /// [`Garage::kill`]; a running one is killed first) and waits until
+    /// its S3 port answers.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        let addr = self.endpoint.trim_start_matches("http://").to_owned();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!("garage did not listen on {addr} again"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Garage {

@@ -74,3 +74,54 @@ async fn chunks_coalesce_into_parts_any_node_can_complete() {
     want.extend(pattern(2 << 20, 3));
     assert_eq!(read(&node_a, &id, 0, 6 << 20).await, want);
 }
+
+/// Regression (found by the crash loop): a crash while publication cleared
+/// staging left some staged objects (not the first chunk) behind; the
+/// publication recovery then retried failed ("staged bytes at 0 are
+/// missing") and recovery's staged-size check read the blob as truncated.
+/// Published means published: the rest is cleanup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_whose_cleanup_a_crash_cut_short_is_finished() {
+    use object_store::ObjectStore;
+    let garage = Garage::start();
+    let cfg = garage.bucket("cleanup");
+    let store = S3Store::open(cfg.clone()).await.unwrap();
+    let id = BlobId::new("session-3").unwrap();
+    let data = pattern(7 << 20, 5);
+    store
+        .write_at(&id, 0, body(vec![data[..3 << 20].to_vec()]))
+        .await
+        .unwrap();
+    store
+        .write_at(&id, 3 << 20, body(vec![data[3 << 20..].to_vec()]))
+        .await
+        .unwrap();
+    // Keep a copy of a staged object the cleanup will delete, publish, and
+    // put it back: what a crash in the middle of the cleanup leaves.
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(&cfg.bucket)
+        .with_region(&cfg.region)
+        .with_access_key_id(&cfg.access_key)
+        .with_secret_access_key(&cfg.secret_key)
+        .with_endpoint(cfg.endpoint.clone().unwrap())
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let left = object_store::path::Path::from(format!("staging/session-3/c{:020}", 3u64 << 20));
+    let kept = s3.get(&left).await.unwrap().bytes().await.unwrap();
+    store.publish(&id, data.len() as u64).await.unwrap();
+    s3.put(&left, kept.into()).await.unwrap();
+    assert_eq!(store.list_staged().await.unwrap(), vec![id.clone()]);
+
+    assert_eq!(
+        store.staged_size(&id).await.unwrap(),
+        None,
+        "published, not staged"
+    );
+    store.publish(&id, data.len() as u64).await.unwrap();
+    assert!(
+        store.list_staged().await.unwrap().is_empty(),
+        "the cleanup finished"
+    );
+    assert_eq!(read(&store, &id, 0, data.len() as u64).await, data);
+}
