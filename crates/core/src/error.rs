@@ -15,6 +15,11 @@ pub enum CoreError {
     UnknownCtx,
     #[error("no such object")]
     NoSuchObject,
+    /// The object's stored bytes were found damaged (truncated, or not
+    /// matching its recorded size or MD5) and moved to quarantine: they
+    /// are never served. Upload it again.
+    #[error("object quarantined: {0}; upload it again")]
+    Quarantined(String),
     #[error("context belongs to another bucket or object")]
     CtxMismatch,
     #[error("offset mismatch: committed offset is {committed}")]
@@ -54,6 +59,7 @@ impl CoreError {
             | CoreError::Busy => 400,
             CoreError::Token(_) => 403,
             CoreError::UnknownCtx | CoreError::NoSuchObject => 404,
+            CoreError::Quarantined(_) => 410,
             CoreError::Internal(_) => 500,
             CoreError::CallbackFailed(_) => 520,
         }

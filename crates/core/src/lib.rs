@@ -25,7 +25,7 @@ mod upload;
 
 pub use error::CoreError;
 pub use locks::{SessionGuard, SessionLocks};
-pub use maintenance::Collected;
+pub use maintenance::{Collected, Scrubbed};
 pub use upline_state::ObjectRecord;
 
 /// Tunables of the upload rules.
@@ -120,6 +120,8 @@ pub struct Node {
     in_flight: AtomicUsize,
     received: Arc<AtomicU64>,
     chunks: AtomicU64,
+    /// Blobs moved to quarantine since start.
+    quarantined: Arc<AtomicU64>,
     /// This node's name in session leases.
     owner: String,
 }
@@ -142,8 +144,17 @@ impl Node {
             in_flight: AtomicUsize::new(0),
             received: Arc::default(),
             chunks: AtomicU64::new(0),
+            quarantined: Arc::default(),
             owner: format!("node-{:016x}", rand::random::<u64>()),
         }
+    }
+
+    /// Names this node in session leases (default: a random name). A node
+    /// restarted on the same data passes the same name, so that it takes
+    /// back at once the leases its dead process held.
+    pub fn with_lease_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
     }
 
     /// The credential pairs this node accepts.
@@ -169,6 +180,12 @@ impl Node {
     /// Chunks accepted (answered 200, replays included) since start.
     pub fn chunks_stored(&self) -> u64 {
         self.chunks.load(Ordering::Relaxed)
+    }
+
+    /// Blobs this node moved to quarantine since it started (damaged
+    /// bytes found at start, by a scrub or by a download).
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
     }
 
     /// Sessions not yet complete, in the whole session store.

@@ -1,11 +1,47 @@
-//! Housekeeping: recovery of storage at start, collection of idle
-//! sessions, and object MD5s computed off the upload's hot path.
+//! Housekeeping: recovery of storage at start, the scrub of published
+//! objects, quarantine of damaged bytes, collection of idle sessions, and
+//! object MD5s computed off the upload's hot path.
+//!
+//! Damaged bytes are never served. What the node answers then:
+//!
+//! * an open session whose staged bytes are shorter than its committed
+//!   offset (acknowledged bytes lost under the node, e.g. a disk fault or
+//!   a hand-truncated file) is forgotten after its bytes are quarantined:
+//!   its query and chunks answer 404, and a client starts over, as for an
+//!   expired session;
+//! * a published object whose bytes are missing, shorter or longer than
+//!   its record, or (when checked) of another MD5, keeps its record but
+//!   its bytes are quarantined: a download answers 410 with an `errMsg`
+//!   that says so, until the object is uploaded again.
+//!
+//! Each case is logged at error level with what was found, counted in
+//! `upline_quarantined_total`, and the bytes kept with a note saying why
+//! (`quarantine/<id>` and `<id>.why` in the store) for an operator.
 
-use upline_state::Session;
-use upline_storage::BlobId;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use upline_state::{ObjectRecord, Session};
+use upline_storage::{BlobId, StorageError};
 
 use crate::upload::{blob_id, blob_md5};
 use crate::{CoreError, Node};
+
+/// What one scrub of the published objects found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Scrubbed {
+    /// Object records checked.
+    pub objects: usize,
+    /// Objects whose bytes were hashed and compared with their MD5.
+    pub md5_checked: usize,
+    /// Objects whose bytes were moved to quarantine.
+    pub quarantined: usize,
+    /// Objects whose bytes are nowhere (reported; nothing to move).
+    pub missing: usize,
+    /// Published blobs no record points at, deleted: the bytes of a
+    /// replaced object that a crash kept from being deleted.
+    pub unreferenced: usize,
+}
 
 /// What one collection pass removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -19,12 +55,21 @@ pub struct Collected {
 impl Node {
     /// Brings storage in line with the session store after a crash:
     /// staged blobs of no session are deleted, completed sessions whose
-    /// publication was cut short are published. Returns blobs fixed.
+    /// publication was cut short are published, and staged bytes shorter
+    /// than their session's committed offset are quarantined (see the
+    /// module's documentation). Returns blobs fixed.
     pub async fn recover(&self) -> Result<usize, CoreError> {
         let mut fixed = 0;
         for id in self.blobs.list_staged().await? {
             let _guard = self.locks.acquire(id.as_str(), false).await;
-            match self.state.get(id.as_str()).await? {
+            let session = self.state.get(id.as_str()).await?;
+            if let Some(s) = &session
+                && self.staged_short(&id, s).await?
+            {
+                fixed += 1;
+                continue;
+            }
+            match session {
                 // On a shared store another node may be writing a first
                 // chunk right now (its session is committed after): only a
                 // node alone with its store can tell orphans from those.
@@ -48,6 +93,144 @@ impl Node {
             }
         }
         Ok(fixed)
+    }
+
+    /// Whether the staged blob of `s` holds fewer bytes than were
+    /// acknowledged; if so it is quarantined (and an open session is
+    /// forgotten, so that its client starts over).
+    async fn staged_short(&self, id: &BlobId, s: &Session) -> Result<bool, CoreError> {
+        let have = match self.blobs.staged_size(id).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(false),
+            Err(StorageError::Io(e)) if e.kind() == std::io::ErrorKind::Unsupported => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if have >= s.offset {
+            return Ok(false);
+        }
+        let what = if s.completed_at.is_some() {
+            "completed upload (publication pending)"
+        } else {
+            "open upload"
+        };
+        let note = format!(
+            "found at start: {what} {ctx} of {bucket}/{object} has {have} staged bytes, {offset} were acknowledged (truncated)",
+            ctx = s.ctx,
+            bucket = s.bucket,
+            object = s.object,
+            offset = s.offset,
+        );
+        self.quarantine(id, &note).await?;
+        if s.completed_at.is_none() {
+            self.state.delete_session(&s.ctx).await?;
+        }
+        Ok(true)
+    }
+
+    /// Moves a blob to quarantine and reports it.
+    async fn quarantine(&self, id: &BlobId, note: &str) -> Result<(), CoreError> {
+        tracing::error!(
+            blob = id.as_str(),
+            reason = note,
+            "damaged bytes quarantined, never to be served"
+        );
+        self.blobs.quarantine(id, note).await?;
+        self.quarantined.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Quarantines the bytes of a published object found damaged while
+    /// being served (a download whose bytes did not hash to its MD5).
+    pub async fn quarantine_object(&self, record: &ObjectRecord, why: &str) -> Result<(), CoreError> {
+        let id = blob_id(&record.blob)?;
+        let _guard = self.locks.acquire(id.as_str(), false).await;
+        let note = format!(
+            "object {}/{} (blob {}, {} bytes, MD5 {}): {why}",
+            record.bucket,
+            record.object,
+            record.blob,
+            record.size,
+            record.md5.as_deref().unwrap_or("unknown")
+        );
+        self.quarantine(&id, &note).await
+    }
+
+    /// Whether the bytes of `record` were quarantined.
+    pub async fn is_quarantined(&self, record: &ObjectRecord) -> Result<bool, CoreError> {
+        Ok(self.blobs.quarantined(&blob_id(&record.blob)?).await?)
+    }
+
+    /// Checks every published object against its record: bytes missing,
+    /// of another size or (with `verify_md5`, for objects whose MD5 is
+    /// known) of another MD5 are quarantined; published blobs that no
+    /// record points at (a replaced object's, whose deletion a crash cut
+    /// short) are deleted. Safe while the node serves, and on a store
+    /// other nodes share: the blobs are listed before the records are read,
+    /// and a record always exists before its blob is published.
+    pub async fn scrub(&self, verify_md5: bool) -> Result<Scrubbed, CoreError> {
+        let mut done = Scrubbed::default();
+        let published: BTreeMap<BlobId, u64> = self.blobs.list_published().await?.into_iter().collect();
+        let records = self.state.list_objects(None, i64::MAX as usize).await?;
+        let referenced: HashSet<&str> = records.iter().map(|r| r.blob.as_str()).collect();
+        for rec in &records {
+            done.objects += 1;
+            let Some(id) = BlobId::new(&rec.blob) else {
+                continue;
+            };
+            let damage = match published.get(&id) {
+                // Not published: staged (recovery or the completing node
+                // publishes it), already quarantined, or gone.
+                None => {
+                    if self.blobs.staged_size(&id).await?.is_some() || self.blobs.quarantined(&id).await? {
+                        continue;
+                    }
+                    tracing::error!(
+                        bucket = rec.bucket,
+                        object = rec.object,
+                        blob = rec.blob,
+                        "an object's bytes are missing from storage"
+                    );
+                    done.missing += 1;
+                    continue;
+                }
+                Some(&size) if size != rec.size => {
+                    Some(format!("{size} bytes stored, {} recorded", rec.size))
+                }
+                Some(_) => match (&rec.md5, verify_md5) {
+                    (Some(want), true) => {
+                        done.md5_checked += 1;
+                        match blob_md5(self.blobs.as_ref(), &rec.blob, rec.size).await {
+                            Ok(got) if &got == want => None,
+                            Ok(got) => Some(format!("bytes hash to MD5 {got}, {want} recorded")),
+                            Err(e) => Some(format!("bytes unreadable: {e}")),
+                        }
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(why) = damage {
+                // Re-read under the session's lock: the name may have moved
+                // on to a new upload meanwhile, whose bytes are fine.
+                let _guard = self.locks.acquire(id.as_str(), false).await;
+                let current = self.state.get_object(&rec.bucket, &rec.object).await?;
+                if current.as_ref().is_some_and(|c| c.blob == rec.blob) {
+                    drop(_guard);
+                    self.quarantine_object(rec, &format!("found by a scrub: {why}"))
+                        .await?;
+                    done.quarantined += 1;
+                }
+            }
+        }
+        for id in published.keys() {
+            if referenced.contains(id.as_str()) {
+                continue;
+            }
+            let _guard = self.locks.acquire(id.as_str(), false).await;
+            tracing::info!(blob = id.as_str(), "deleting published bytes no object points at");
+            self.blobs.delete(id).await?;
+            done.unreferenced += 1;
+        }
+        Ok(done)
     }
 
     /// Forgets sessions idle for longer than the configured time, deleting

@@ -77,12 +77,30 @@ impl Node {
         }
         let ctx = UploadCtx::from_random(rand::random());
         let guard = self.locks.acquire(ctx.as_str(), false).await;
-        let start = Start::New {
+        let mut start = Start::New {
             bucket: req.path.bucket.to_string(),
             object: req.path.object.to_string(),
             content_type,
             tag: policy.tag.clone(),
         };
+        // On a store other nodes share, recovery cannot tell staged bytes
+        // of no session from a first chunk another node is writing, so it
+        // would have to keep them forever (a crash mid-first-chunk leaked
+        // them in the crash loop): there the session is created before its
+        // bytes are stored, and staged bytes always have one. A session a
+        // crash leaves empty is collected with its bytes like any idle one.
+        let precreated = self.blobs.shared();
+        if precreated {
+            let empty = Advance {
+                start,
+                chunk_len: 0,
+                md5_claim: None,
+                complete: None,
+                now: req.now,
+            };
+            self.state.advance(ctx.as_str(), empty).await?;
+            start = Start::At(0);
+        }
         let result = async {
             let stored = self
                 .store(ctx.as_str(), 0, &req, guard.cancel.clone(), claim, body)
@@ -92,9 +110,20 @@ impl Node {
         }
         .await;
         // A first chunk that failed left bytes no client can ever name
-        // (nobody got the context): remove them now rather than at restart.
-        if result.is_err() && matches!(self.state.get(ctx.as_str()).await, Ok(None)) {
-            self.discard_blob(ctx.as_str()).await;
+        // (nobody got the context): remove them now rather than at restart
+        // (bytes first: a session without bytes is harmless, bytes without
+        // a session on a shared store are not).
+        if result.is_err() {
+            match self.state.get(ctx.as_str()).await {
+                Ok(None) => self.discard_blob(ctx.as_str()).await,
+                Ok(Some(s)) if precreated && s.completed_at.is_none() && s.offset == 0 => {
+                    self.discard_blob(ctx.as_str()).await;
+                    if let Err(e) = self.state.delete_session(ctx.as_str()).await {
+                        tracing::warn!(ctx = ctx.as_str(), error = %e, "could not forget a failed first chunk's session; it is collected when idle");
+                    }
+                }
+                _ => {}
+            }
         }
         result
     }
