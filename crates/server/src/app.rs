@@ -59,6 +59,8 @@ pub enum StartError {
     Http(#[source] reqwest::Error),
     #[error("master key: {0}")]
     MasterKey(#[from] crate::secrets::KeyError),
+    #[error("{0}")]
+    DataDirClaim(#[from] crate::datadir::ClaimError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -101,6 +103,8 @@ pub struct App {
     router: Router,
     notifier: Arc<crate::callback::HttpCallbacks>,
     tls: Option<Arc<crate::tls::TlsCerts>>,
+    /// Held while the node runs (an upload node only).
+    _claim: Option<crate::datadir::DataDirClaim>,
 }
 
 /// Unix time in seconds.
@@ -146,6 +150,10 @@ impl App {
             source,
         };
         std::fs::create_dir_all(&cfg.data_dir).map_err(data_err)?;
+        let claim = match cfg.role {
+            Role::Node => Some(crate::datadir::claim(&cfg.data_dir)?),
+            Role::Lbs => None,
+        };
         let mut metrics = crate::metrics::Metrics::new();
         let blobs = StorageBackend::from_config(&cfg)?
             .open_observed(metrics.sync_observer())
@@ -166,13 +174,11 @@ impl App {
         let callbacks = Arc::new(
             crate::callback::HttpCallbacks::new(metrics.callback_outcomes()).map_err(StartError::Http)?,
         );
-        let node = Arc::new(Node::new(
-            blobs,
-            stores.sessions.clone(),
-            keys,
-            callbacks.clone(),
-            core_cfg,
-        ));
+        let mut node = Node::new(blobs, stores.sessions.clone(), keys, callbacks.clone(), core_cfg);
+        if let Some(c) = &claim {
+            node = node.with_lease_owner(c.node_name.clone());
+        }
+        let node = Arc::new(node);
         metrics.watch(node.clone());
         let metrics = Arc::new(metrics);
         let sealer = Sealer::new(&crate::secrets::master_key(&cfg)?);
@@ -224,6 +230,7 @@ impl App {
             router,
             notifier: callbacks,
             tls,
+            _claim: claim,
         })
     }
 
@@ -263,6 +270,10 @@ impl App {
                 cfg.worker_interval_ms,
             )));
             background.push(tokio::spawn(heartbeat_forever(self.state.clone())));
+            background.push(tokio::spawn(scrub_once(
+                self.state.node.clone(),
+                cfg.verify_objects_at_start,
+            )));
         }
         background.push(tokio::spawn(crate::throttle::forget_forever(
             self.state.throttle.clone(),
@@ -353,6 +364,22 @@ pub fn unix_now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Checks the published objects once, in the background after start (it
+/// reads the whole object index; with `verify_md5`, every object's bytes).
+async fn scrub_once(node: Arc<Node>, verify_md5: bool) {
+    match node.scrub(verify_md5).await {
+        Ok(s) => tracing::info!(
+            objects = s.objects,
+            md5_checked = s.md5_checked,
+            quarantined = s.quarantined,
+            missing = s.missing,
+            unreferenced = s.unreferenced,
+            "scrub of published objects done"
+        ),
+        Err(e) => tracing::error!(error = %crate::render::chain(&e), "scrub of published objects failed"),
+    }
 }
 
 async fn collect_forever(node: Arc<Node>, every_secs: u64) {

@@ -113,6 +113,10 @@ pub struct ServerConfig {
     /// The demo page at `/demo` and its dev-only token endpoint; default:
     /// on only for the embedded default bound to loopback (see `demo.rs`).
     pub demo: Option<bool>,
+    /// Hash every published object once after start and quarantine those
+    /// whose bytes do not match their recorded MD5 (reads all the bytes;
+    /// sizes are always checked, and every full download is verified).
+    pub verify_objects_at_start: bool,
     /// Most connections served at once; past it a few more are answered
     /// 503 and closed, the rest closed at accept (see `limits.rs`).
     pub max_connections: usize,
@@ -175,6 +179,7 @@ impl Default for ServerConfig {
             s3_access_key: None,
             s3_secret_key: None,
             demo: None,
+            verify_objects_at_start: false,
             max_connections: 512,
             body_idle_timeout_secs: 60,
             query_rate_per_ip: 20,

@@ -1,6 +1,12 @@
 //! `GET`/`HEAD /{bucket}/{object}`: published objects, with byte ranges.
 //! Private unless the bucket is public-read: a token for the object in
 //! `x-nos-token`, or a signed URL (`upline url`), grants access.
+//!
+//! Damaged bytes are never served as an object: a whole-object download is
+//! hashed as it streams, and bytes that do not hash to the recorded MD5
+//! (or end short) make the response fail before its end — the client sees
+//! a broken transfer, not a complete wrong one — and are quarantined; from
+//! then on, as for bytes quarantined at start, the answer is 410.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -98,7 +104,7 @@ pub async fn handle(
     };
     let md5 = match app.node.object_md5_of(&record).await {
         Ok(m) => m,
-        Err(e) => return render::core_error(rid, &e),
+        Err(e) => return render::core_error(rid, &unavailable(app, &record, e).await),
     };
     let size = record.size;
     let (status, start, len) = match span(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size) {
@@ -115,8 +121,11 @@ pub async fn handle(
         Body::empty()
     } else {
         match app.node.read_object(&record, start, len).await {
+            Ok(stream) if status == StatusCode::OK => {
+                Body::from_stream(verified(app, record.clone(), &md5, stream))
+            }
             Ok(stream) => Body::from_stream(stream),
-            Err(e) => return render::core_error(rid, &e),
+            Err(e) => return render::core_error(rid, &unavailable(app, &record, e).await),
         }
     };
     let mut resp = (status, body).into_response();
@@ -134,6 +143,59 @@ pub async fn handle(
         );
     }
     resp
+}
+
+/// A read of an object's bytes failed: quarantined bytes say so (410),
+/// anything else is the error it was.
+async fn unavailable(app: &AppState, record: &upline_core::ObjectRecord, e: CoreError) -> CoreError {
+    match app.node.is_quarantined(record).await {
+        Ok(true) => CoreError::Quarantined("its stored bytes were found damaged".into()),
+        _ => e,
+    }
+}
+
+/// The object's bytes, hashed on their way out: when they end, their MD5
+/// and length must be the record's, or the stream fails (the connection is
+/// cut before the response is complete) and the bytes are quarantined.
+fn verified(
+    app: &AppState,
+    record: upline_core::ObjectRecord,
+    md5: &str,
+    stream: upline_storage::ByteStream,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use futures_util::StreamExt;
+    use md5::Digest;
+    let node = app.node.clone();
+    let want = md5.to_owned();
+    let state = Some((stream, md5::Md5::new(), 0u64));
+    futures_util::stream::unfold(state, move |state| {
+        let (node, record, want) = (node.clone(), record.clone(), want.clone());
+        async move {
+            let (mut stream, mut hasher, seen) = state?;
+            match stream.next().await {
+                Some(Ok(b)) => {
+                    hasher.update(&b);
+                    let seen = seen + b.len() as u64;
+                    Some((Ok(b), Some((stream, hasher, seen))))
+                }
+                Some(Err(e)) => Some((Err(e), None)),
+                None => {
+                    let got = hex::encode(hasher.finalize());
+                    if got == want && seen == record.size {
+                        return None;
+                    }
+                    let why = format!("a download read {seen} bytes hashing to MD5 {got}");
+                    if let Err(e) = node.quarantine_object(&record, &why).await {
+                        tracing::error!(error = %e, "could not quarantine damaged bytes");
+                    }
+                    Some((
+                        Err(std::io::Error::other("object bytes damaged: transfer aborted")),
+                        None,
+                    ))
+                }
+            }
+        }
+    })
 }
 
 fn value(s: &str) -> HeaderValue {

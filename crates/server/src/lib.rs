@@ -10,6 +10,7 @@ pub mod appapi;
 pub mod backends;
 pub mod callback;
 pub mod config;
+pub mod datadir;
 pub mod demo;
 pub mod download;
 pub mod handlers;

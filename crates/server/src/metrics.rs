@@ -173,6 +173,13 @@ impl Collector for NodeFigures {
             None,
             chunks.metric_type(),
         )?)?;
+        let quarantined = ConstCounter::new(node.quarantined());
+        quarantined.encode(encoder.encode_descriptor(
+            "quarantined",
+            "Blobs moved to quarantine since start: damaged bytes found at start, by the scrub or by a download (see the log)",
+            None,
+            quarantined.metric_type(),
+        )?)?;
         let in_flight = ConstGauge::new(node.in_flight() as i64);
         in_flight.encode(encoder.encode_descriptor(
             "chunk_uploads_in_flight",
