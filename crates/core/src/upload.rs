@@ -3,6 +3,7 @@
 use base64::Engine;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
+use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use upline_proto::callback::{self, CallbackVars};
 use upline_proto::{ContentMd5, ObjectPath, PutPolicy, ResumeParams, UploadCtx};
@@ -320,7 +321,11 @@ impl Node {
         }
         // A Content-MD5 equal to the chunk's verifies the chunk; any other
         // value claims the whole object's MD5, checked at completion.
-        let chunk_verified = matches!((claim, stored.digest), (Some(c), Some(d)) if c.0 == d);
+        // Digests are compared in constant time, like every other check
+        // of a value against a claim (the claims are not secret; the rule
+        // is simply that such comparisons never exit early).
+        let chunk_verified =
+            matches!((claim, stored.digest), (Some(c), Some(d)) if bool::from(c.0.ct_eq(&d)));
         let new_claim = claim.filter(|_| !chunk_verified).map(|c| c.to_hex());
         let complete = if req.params.complete {
             if policy.object_size_min.is_some_and(|min| end < min) {
@@ -332,7 +337,7 @@ impl Node {
             let md5 = match whole_claim {
                 Some(want) => {
                     let got = self.object_md5(ctx, end).await?;
-                    if got != want {
+                    if !bool::from(got.as_bytes().ct_eq(want.as_bytes())) {
                         return Err(CoreError::Md5Mismatch(if claim.is_some() {
                             "matches neither this chunk nor the whole object"
                         } else {
