@@ -31,18 +31,40 @@ pub async fn upload(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let chunk = match chunk_request(&parts.headers, path, params) {
-        Ok(c) => c,
-        Err(e) => return render::core_error(rid, &e),
-    };
-    let body = body.into_data_stream().map_err(io::Error::other);
-    match app.node.upload_chunk(chunk, Box::pin(body)).await {
-        Ok(r) => {
-            tracing::info!(offset = r.offset, "chunk stored");
-            Json(UploadOk::new(&rid.0, r.offset, &r.context, r.callback_ret_msg)).into_response()
-        }
+    let has_body = parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut resp = match chunk_request(&parts.headers, path, params) {
         Err(e) => render::core_error(rid, &e),
+        Ok(chunk) => {
+            let mark = ended.clone();
+            let end = futures_util::stream::once(async move {
+                mark.store(true, std::sync::atomic::Ordering::Relaxed);
+            })
+            .filter_map(|()| async { None });
+            let body = body.into_data_stream().map_err(io::Error::other).chain(end);
+            match app.node.upload_chunk(chunk, Box::pin(body)).await {
+                Ok(r) => {
+                    tracing::info!(offset = r.offset, "chunk stored");
+                    Json(UploadOk::new(&rid.0, r.offset, &r.context, r.callback_ret_msg)).into_response()
+                }
+                Err(e) => render::core_error(rid, &e),
+            }
+        }
+    };
+    // A refusal sent before the body was read: hyper closes the connection
+    // rather than read a large rest, but without saying so, and a client
+    // that pools connections sent its next request (typically the resume
+    // query after a 400) on a dead one (found by the model test). Saying
+    // so lets it open a new one.
+    if has_body && !ended.load(std::sync::atomic::Ordering::Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
     }
+    resp
 }
 
 fn chunk_request(h: &HeaderMap, path: ObjectPath, params: UploadParams) -> Result<ChunkRequest, CoreError> {
