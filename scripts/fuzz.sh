@@ -31,7 +31,7 @@ nice -n 19 cargo fuzz build "${flags[@]}" || exit 1
 
 mkdir -p logs
 status=0
-printf '%-12s %8s %14s %10s %8s %s\n' target seconds executions exec/s cov result
+printf '%-12s %8s %14s %10s %8s %8s %s\n' target seconds executions exec/s cov corpus result
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t"
   extra=()
@@ -50,6 +50,7 @@ for t in "${targets[@]}"; do
     result="CRASH (see fuzz/$log, input in fuzz/artifacts/$t/)"
     status=1
   fi
-  printf '%-12s %8s %14s %10s %8s %s\n' "$t" "$secs" "${execs:-?}" "${rate:-?}" "${cov:-?}" "$result"
+  corpus=$(find "corpus/$t" -type f | wc -l)
+  printf '%-12s %8s %14s %10s %8s %8s %s\n' "$t" "$secs" "${execs:-?}" "${rate:-?}" "${cov:-?}" "$corpus" "$result"
 done
 exit "$status"
