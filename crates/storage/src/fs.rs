@@ -208,9 +208,14 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-#[async_trait::async_trait]
-impl BlobStore for FsStore {
-    async fn write_at(&self, id: &BlobId, offset: u64, mut body: ByteStream) -> Result<u64, StorageError> {
+impl FsStore {
+    /// [`BlobStore::write_at`], but for giving back a failed write's space.
+    async fn write_blocks(
+        &self,
+        id: &BlobId,
+        offset: u64,
+        mut body: ByteStream,
+    ) -> Result<u64, StorageError> {
         let this = self.clone();
         let idc = id.clone();
         let files = spawn_blocking(move || this.open_staged(&idc, offset))
@@ -294,6 +299,34 @@ impl BlobStore for FsStore {
         }
         synced?;
         Ok(end - offset)
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for FsStore {
+    /// A failed write gives back the space its bytes took (the file is cut
+    /// at `offset`): on a full disk, the part of a chunk that did fit would
+    /// otherwise keep the room that other uploads' smaller chunks need,
+    /// until the same session retries (found by the full-disk test).
+    async fn write_at(&self, id: &BlobId, offset: u64, body: ByteStream) -> Result<u64, StorageError> {
+        let result = self.write_blocks(id, offset, body).await;
+        if result.is_err() {
+            let path = self.staged(id);
+            let cut = spawn_blocking(move || {
+                let f = OpenOptions::new().write(true).open(&path)?;
+                if f.metadata()?.len() > offset {
+                    f.set_len(offset)?;
+                }
+                Ok::<(), io::Error>(())
+            })
+            .await;
+            if let Ok(Err(e)) = cut
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(blob = id.as_str(), error = %e, "could not cut a failed write's bytes");
+            }
+        }
+        result
     }
 
     async fn read_at(&self, id: &BlobId, offset: u64, len: u64) -> Result<ByteStream, StorageError> {
@@ -658,6 +691,23 @@ mod tests {
             let (size, depth) = b.plan();
             assert!(size * (depth + 1) * n <= WRITE_BUDGET.max((depth + 1) * n * MIN_BLOCK));
         }
+    }
+
+    /// Regression (the full-disk test): a failed write gives back the
+    /// space of the bytes it got in.
+    #[tokio::test]
+    async fn a_failed_write_gives_its_space_back() {
+        use crate::conformance::{body, broken_body};
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let id = BlobId::new("cut").unwrap();
+        store.write_at(&id, 0, body(vec![vec![1; 100]])).await.unwrap();
+        let err = store
+            .write_at(&id, 100, broken_body(vec![vec![2; 3 * WRITE_BLOCK]]))
+            .await;
+        assert!(matches!(err, Err(StorageError::Body(_))));
+        let len = std::fs::metadata(dir.path().join("staging/cut")).unwrap().len();
+        assert_eq!(len, 100, "the failed write's bytes are cut off");
     }
 
     /// Whole blocks and a tail land where asked on whichever path the
