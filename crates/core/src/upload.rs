@@ -370,13 +370,17 @@ impl Node {
                 callback_ret_msg: String::new(),
             });
         }
+        // The replaced object's bytes go first: nothing points at them
+        // since the commit, and a failed publication below (answered 500,
+        // then published by the replay, which knows nothing of them) left
+        // them behind until the next start (found by the fault test).
+        if let Some(old) = advanced.replaced.filter(|old| old.blob != ctx) {
+            self.discard_blob(&old.blob).await;
+        }
         self.blobs
             .publish(&blob_id(ctx)?, session.offset)
             .await
             .map_err(CoreError::internal)?;
-        if let Some(old) = advanced.replaced.filter(|old| old.blob != ctx) {
-            self.discard_blob(&old.blob).await;
-        }
         self.finish(&session, policy, known_md5).await
     }
 
