@@ -154,9 +154,12 @@ async fn unavailable(app: &AppState, record: &upline_core::ObjectRecord, e: Core
     }
 }
 
-/// The object's bytes, hashed on their way out: when they end, their MD5
-/// and length must be the record's, or the stream fails (the connection is
-/// cut before the response is complete) and the bytes are quarantined.
+/// The object's bytes, hashed on their way out. The last frame is held
+/// back until all of them hashed to the record's MD5 and length: a
+/// response whose `Content-Length` was already met would read as complete
+/// however it ended. Damaged bytes end the stream with an error instead
+/// (the connection is cut, the client sees a short body) and are
+/// quarantined.
 fn verified(
     app: &AppState,
     record: upline_core::ObjectRecord,
@@ -167,33 +170,38 @@ fn verified(
     use md5::Digest;
     let node = app.node.clone();
     let want = md5.to_owned();
-    let state = Some((stream, md5::Md5::new(), 0u64));
+    let state = Some((stream, md5::Md5::new(), 0u64, None::<bytes::Bytes>));
     futures_util::stream::unfold(state, move |state| {
         let (node, record, want) = (node.clone(), record.clone(), want.clone());
         async move {
-            let (mut stream, mut hasher, seen) = state?;
-            match stream.next().await {
-                Some(Ok(b)) => {
-                    hasher.update(&b);
-                    let seen = seen + b.len() as u64;
-                    Some((Ok(b), Some((stream, hasher, seen))))
-                }
-                Some(Err(e)) => Some((Err(e), None)),
-                None => {
-                    let got = hex::encode(hasher.finalize());
-                    if got == want && seen == record.size {
-                        return None;
+            let (mut stream, mut hasher, mut seen, mut held) = state?;
+            loop {
+                match stream.next().await {
+                    Some(Ok(b)) if b.is_empty() => continue,
+                    Some(Ok(b)) => {
+                        hasher.update(&b);
+                        seen += b.len() as u64;
+                        match held.replace(b) {
+                            Some(out) => return Some((Ok(out), Some((stream, hasher, seen, held)))),
+                            None => continue,
+                        }
                     }
-                    let why = format!("a download read {seen} bytes hashing to MD5 {got}");
-                    if let Err(e) = node.quarantine_object(&record, &why).await {
-                        tracing::error!(error = %e, "could not quarantine damaged bytes");
-                    }
-                    Some((
-                        Err(std::io::Error::other("object bytes damaged: transfer aborted")),
-                        None,
-                    ))
+                    Some(Err(e)) => return Some((Err(e), None)),
+                    None => break,
                 }
             }
+            let got = hex::encode(hasher.finalize());
+            if got == want && seen == record.size {
+                return held.map(|last| (Ok(last), None));
+            }
+            let why = format!("a download read {seen} bytes hashing to MD5 {got}");
+            if let Err(e) = node.quarantine_object(&record, &why).await {
+                tracing::error!(error = %e, "could not quarantine damaged bytes");
+            }
+            Some((
+                Err(std::io::Error::other("object bytes damaged: transfer cut off")),
+                None,
+            ))
         }
     })
 }

@@ -2,9 +2,11 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,22 +33,26 @@ pub async fn upload(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let has_body = parts.headers.contains_key(header::TRANSFER_ENCODING)
-        || parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Shared with the upload rules, so that what they leave unread of a
+    // refused chunk can be drained below; `None` once it has ended.
+    let body = Arc::new(Mutex::new(Some(body.into_data_stream())));
     let mut resp = match chunk_request(&parts.headers, path, params) {
         Err(e) => render::core_error(rid, &e),
         Ok(chunk) => {
-            let mark = ended.clone();
-            let end = futures_util::stream::once(async move {
-                mark.store(true, std::sync::atomic::Ordering::Relaxed);
+            let source = body.clone();
+            let stream = futures_util::stream::poll_fn(move |cx| {
+                let mut slot = source.lock().expect("request body");
+                let Some(b) = slot.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let next = b.poll_next_unpin(cx);
+                if let Poll::Ready(None) = next {
+                    *slot = None;
+                }
+                next
             })
-            .filter_map(|()| async { None });
-            let body = body.into_data_stream().map_err(io::Error::other).chain(end);
-            match app.node.upload_chunk(chunk, Box::pin(body)).await {
+            .map_err(io::Error::other);
+            match app.node.upload_chunk(chunk, Box::pin(stream)).await {
                 Ok(r) => {
                     tracing::info!(offset = r.offset, "chunk stored");
                     Json(UploadOk::new(&rid.0, r.offset, &r.context, r.callback_ret_msg)).into_response()
@@ -55,16 +61,50 @@ pub async fn upload(
             }
         }
     };
-    // A refusal sent before the body was read: hyper closes the connection
-    // rather than read a large rest, but without saying so, and a client
-    // that pools connections sent its next request (typically the resume
-    // query after a 400) on a dead one (found by the model test). Saying
-    // so lets it open a new one.
-    if has_body && !ended.load(std::sync::atomic::Ordering::Relaxed) {
+    if !drained(&parts.headers, &body).await {
         resp.headers_mut()
             .insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// The most of a refused chunk's body read so that its connection stays
+/// usable (hyper's read buffer; a longer rest closes the connection).
+const DRAIN_MAX: u64 = 64 * 1024;
+
+/// Whether the connection can take another request after this one: its
+/// body was read to the end, or — a refusal sent before it was read — a
+/// short rest was read now. Otherwise the answer must say `Connection:
+/// close`: hyper closes such a connection anyway, and without the header
+/// a client that pools connections sent its next request (typically the
+/// resume query after a 400) on a dead one (found by the model test).
+/// A request with `Expect: 100-continue` is never drained: reading would
+/// ask the client for the body the refusal does not want.
+async fn drained(h: &HeaderMap, body: &Mutex<Option<BodyDataStream>>) -> bool {
+    let Some(mut rest) = body.lock().expect("request body").take() else {
+        return true;
+    };
+    let short = !h.contains_key(header::TRANSFER_ENCODING)
+        && h.get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_none_or(|n| n <= DRAIN_MAX);
+    if h.contains_key(header::EXPECT) || !short {
+        return false;
+    }
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(frame) = rest.next().await {
+            match frame {
+                Ok(b) if seen + (b.len() as u64) <= DRAIN_MAX => seen += b.len() as u64,
+                _ => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), drain)
+        .await
+        .unwrap_or(false)
 }
 
 fn chunk_request(h: &HeaderMap, path: ObjectPath, params: UploadParams) -> Result<ChunkRequest, CoreError> {

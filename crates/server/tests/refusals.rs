@@ -1,7 +1,9 @@
 //! Regression (found by the model test in crates/torture): a chunk refused
 //! before its body was read left hyper closing the connection without a
-//! `Connection: close`, so a client that pools connections sent its next
-//! request — typically the resume query after a 400 — on a dead one.
+//! `Connection: close` whenever the rest of the body was not already in
+//! its buffer, so a client that pools connections sent its next request —
+//! typically the resume query after a 400 — on a dead one. Now a short
+//! rest is read and the connection kept; a long one is announced closed.
 
 mod common;
 
@@ -48,6 +50,22 @@ async fn a_refusal_before_the_body_says_the_connection_closes() {
             .await
             .unwrap();
         assert_eq!(r.status(), 400);
+        let (s, b) = n.query("/doc/big", &t, &ctx).await;
+        assert_eq!((s, b["offset"].as_u64()), (200, Some(1000)), "{b}");
+    }
+
+    // A short refused body is read to its end: the connection stays.
+    for _ in 0..20 {
+        let r = n
+            .http
+            .post(format!("{}{wrong}", n.base))
+            .header("x-nos-token", &t)
+            .body(vec![7u8; 60_000])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.headers().get("connection").is_none());
         let (s, b) = n.query("/doc/big", &t, &ctx).await;
         assert_eq!((s, b["offset"].as_u64()), (200, Some(1000)), "{b}");
     }
