@@ -54,6 +54,9 @@ pub enum UploadsCmd {
     },
     /// Abort an upload in progress: its session and bytes are deleted.
     Abort {
+        /// The upload's context. Contexts are URL-safe base64 and may
+        /// start with `-`, which must not be read as an option.
+        #[arg(allow_hyphen_values = true)]
         context: String,
         #[command(flatten)]
         common: CommonArgs,
