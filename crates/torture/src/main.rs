@@ -28,6 +28,9 @@ struct Args {
     /// Largest upload in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     max_size: u64,
+    /// Distinct objects at most (then new uploads replace old ones).
+    #[arg(long, default_value_t = 150)]
+    max_objects: usize,
     /// Largest chunk in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_chunk: u64,
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
     cfg.seed = args.seed.unwrap_or_else(rand::random);
     cfg.round_ms = (args.min_round_ms, args.max_round_ms.max(args.min_round_ms));
     cfg.reverify = 8;
+    cfg.max_objects = args.max_objects;
     cfg.drain_timeout = Duration::from_secs(900);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

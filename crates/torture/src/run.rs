@@ -46,6 +46,9 @@ pub struct Config {
     pub db_cut: f64,
     /// Objects verified before re-verified at random each round.
     pub reverify: usize,
+    /// Distinct object names at most: past it every new upload replaces an
+    /// object (which bounds the disk a long run takes).
+    pub max_objects: usize,
     /// How long the final drain may take.
     pub drain_timeout: Duration,
 }
@@ -68,6 +71,7 @@ impl Config {
             s3_kill: 0.3,
             db_cut: 0.4,
             reverify: 3,
+            max_objects: 60,
             drain_timeout: Duration::from_secs(180),
         }
     }
@@ -84,6 +88,8 @@ pub(crate) struct Pool {
     pub done_names: Vec<String>,
     pub next_id: usize,
     pub allow_new: bool,
+    /// Distinct object names so far.
+    pub names: usize,
 }
 
 pub(crate) struct Shared {
@@ -110,7 +116,11 @@ impl Shared {
         }
         let id = pool.next_id;
         pool.next_id += 1;
-        let overwrite = rng.random_bool(self.cfg.overwrite) && !pool.done_names.is_empty();
+        let full = pool.names >= self.cfg.max_objects;
+        let overwrite = (full || rng.random_bool(self.cfg.overwrite)) && !pool.done_names.is_empty();
+        if !overwrite {
+            pool.names += 1;
+        }
         let name = if overwrite {
             let i = rng.random_range(0..pool.done_names.len());
             pool.done_names.swap_remove(i)
@@ -439,6 +449,7 @@ fn round_shared(
     let mut busy = HashSet::new();
     let mut done_names = Vec::new();
     let mut latest: BTreeMap<String, usize> = BTreeMap::new();
+    let names = uploads.values().map(|u| &u.object).collect::<HashSet<_>>().len();
     for (_, u) in std::mem::take(uploads) {
         latest.insert(u.object.clone(), u.id);
         if u.done && u.confirmed {
@@ -465,6 +476,7 @@ fn round_shared(
             done_names,
             next_id,
             allow_new,
+            names,
         }),
         report: Mutex::new(report),
     })

@@ -9,9 +9,9 @@
 //! operation every stored byte too: each object downloaded (and its ETag),
 //! each open session's staged bytes read back.
 //!
-//! Cases: `PROPTEST_CASES` (default 24, about half a minute on 2 cores);
-//! `scripts/model.sh` runs many more. A failure is shrunk to a short
-//! sequence and printed with the seed proptest saves.
+//! Cases: `PROPTEST_CASES` (default 24, about 16 s on 2 cores);
+//! `scripts/crash-loop.sh` runs many more (`MODEL_CASES`). A failure is
+//! shrunk to a short sequence and printed.
 
 use std::sync::Arc;
 
