@@ -785,6 +785,8 @@ fn upline_behaves_like_the_model() {
     let mut runner = TestRunner::new(PtConfig {
         cases,
         max_shrink_iters: 400,
+        // The shrunk sequence is printed; no regressions file.
+        failure_persistence: None,
         ..PtConfig::default()
     });
     let ops = prop::collection::vec((op(), any::<u64>()), 1..48);
