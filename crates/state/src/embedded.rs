@@ -9,9 +9,20 @@
 //!
 //! The offset compare-and-swap is an `UPDATE ... WHERE ctx = ? AND offset = ?`
 //! inside a `BEGIN IMMEDIATE` transaction.
+//!
+//! Three kinds of connection, so that a chunk's commit waits only for its
+//! own fsync: one writer (every write; advances go through the group
+//! committer), a small pool of readers (WAL readers never wait for the
+//! writer, so a chunk's session lookup does not queue behind other
+//! uploads' commits). Checkpoints are the committer's, between commits
+//! (see [`committer`]): SQLite's automatic checkpoint runs inside the
+//! commit that crosses 1,000 WAL pages and fsyncs the database file there
+//! — measured with `examples/advance_latency.rs`, it put a 4.5 ms p99 and
+//! a 70 ms maximum on a 0.19 ms median commit.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -47,7 +58,10 @@ pub(crate) const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
 /// A [`SessionStore`] in a SQLite file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
+    /// The one writing connection.
     conn: Arc<Mutex<Connection>>,
+    /// Idle read connections (see the module's doc).
+    readers: Arc<Readers>,
     /// Where [`SessionStore::advance`] sends its commits (group commit).
     commits: std::sync::mpsc::Sender<CommitJob>,
 }
@@ -68,8 +82,26 @@ const GROUP_MAX: usize = 256;
 /// queueing for one each behind the connection's lock — in arrival order,
 /// which the lock did not promise (its unfairness was the concurrent
 /// uploads' p99). No answer is sent before the transaction is durable.
+///
+/// The committer also checkpoints (the writer connection has SQLite's
+/// automatic checkpoint off): after [`CHECKPOINT_IDLE`] commits, at the
+/// first moment no advance is waiting — between two chunks of a single
+/// upload, say — and after [`CHECKPOINT_FORCE`] in any case. A checkpoint
+/// by the only writer empties the WAL, so the next commit starts it over
+/// and overwrites blocks the WAL file already has instead of growing it: an
+/// append that grows a file costs a file-system journal commit on top of
+/// the fsync (measured: p90 0.34 → 4 ms when the WAL only grew).
 fn committer(conn: Arc<Mutex<Connection>>, jobs: std::sync::mpsc::Receiver<CommitJob>) {
-    while let Ok(first) = jobs.recv() {
+    let mut waiting: Option<CommitJob> = None;
+    let mut since_checkpoint = 0usize;
+    loop {
+        let first = match waiting.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < GROUP_MAX {
             match jobs.try_recv() {
@@ -96,6 +128,22 @@ fn committer(conn: Arc<Mutex<Connection>>, jobs: std::sync::mpsc::Receiver<Commi
                 for answer in answers {
                     let _ = answer.send(Err(backend(msg.clone())));
                 }
+            }
+        }
+        since_checkpoint += 1;
+        if since_checkpoint >= CHECKPOINT_IDLE {
+            match jobs.try_recv() {
+                Ok(job) => waiting = Some(job),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+            }
+            if waiting.is_none() || since_checkpoint >= CHECKPOINT_FORCE {
+                if let Ok(c) = conn.lock() {
+                    // A failed checkpoint loses nothing (the WAL keeps the
+                    // commits); the next one retries.
+                    let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+                since_checkpoint = 0;
             }
         }
     }
@@ -175,13 +223,61 @@ fn object(row: &rusqlite::Row<'_>) -> rusqlite::Result<ObjectRecord> {
     })
 }
 
+/// Read connections kept open between reads.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Read connections kept open; more are opened while more reads run at
+/// once, and closed after.
+const READERS_KEPT: usize = 4;
+
+/// Commits (groups) after which the committer checkpoints as soon as no
+/// advance is waiting, and after which it checkpoints even if one is.
+const CHECKPOINT_IDLE: usize = 32;
+const CHECKPOINT_FORCE: usize = 1_000;
+
+impl Readers {
+    fn take(&self) -> Result<Connection, StateError> {
+        if let Some(c) = self
+            .idle
+            .lock()
+            .map_err(|_| backend("reader pool poisoned"))?
+            .pop()
+        {
+            return Ok(c);
+        }
+        let c = Connection::open(&self.path).map_err(backend)?;
+        c.busy_timeout(Duration::from_secs(10)).map_err(backend)?;
+        c.pragma_update(None, "query_only", true).map_err(backend)?;
+        Ok(c)
+    }
+
+    fn give_back(&self, c: Connection) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < READERS_KEPT
+        {
+            idle.push(c);
+        }
+    }
+}
+
+/// Opens a connection with the store's durability settings.
+fn open_writer(path: &Path) -> Result<Connection, StateError> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(backend)?;
+    Ok(conn)
+}
+
 impl EmbeddedStore {
     /// Opens (creating and migrating) the database file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StateError> {
-        let mut conn = Connection::open(path).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
+        let path = path.as_ref().to_path_buf();
+        let mut conn = open_writer(&path)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(backend)?;
         migrate(&mut conn)?;
         let conn = Arc::new(Mutex::new(conn));
@@ -191,7 +287,31 @@ impl EmbeddedStore {
             .name("upline-sqlite-commit".into())
             .spawn(move || committer(for_committer, jobs))
             .map_err(backend)?;
-        Ok(Self { conn, commits })
+        let readers = Arc::new(Readers {
+            path,
+            idle: Mutex::new(Vec::new()),
+        });
+        Ok(Self {
+            conn,
+            readers,
+            commits,
+        })
+    }
+
+    /// Runs a read on a reader connection, off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = readers.take()?;
+            let out = f(&c);
+            readers.give_back(c);
+            out
+        })
+        .await
+        .map_err(backend)?
     }
 
     /// Runs blocking database work off the async runtime.
@@ -233,12 +353,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StateError> {
 /// One advance inside the caller's transaction (or savepoint).
 fn advance_in(tx: &Connection, ctx: &str, change: Advance) -> Result<Advanced, StateError> {
     let current = tx
-        .query_row(
-            &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE ctx = ?1"),
-            [ctx],
-            session,
-        )
-        .optional()
+        .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE ctx = ?1"))
+        .and_then(|mut stmt| stmt.query_row([ctx], session).optional())
         .map_err(backend)?;
     let mut s = match (change.start, current) {
         (Start::New { .. }, Some(_)) => return Err(StateError::Exists),
@@ -315,11 +431,13 @@ fn advance_in(tx: &Connection, ctx: &str, change: Advance) -> Result<Advanced, S
         }
     }
     let changed = tx
-        .execute(
+        .prepare_cached(
             "UPDATE sessions SET offset = ?1, last_chunk_len = ?2, md5_claim = ?3, updated_at = ?4, completed_at = ?5
              WHERE ctx = ?6 AND offset = ?7",
-            params![s.offset as i64, s.last_chunk_len.map(|n| n as i64), s.md5_claim, s.updated_at, s.completed_at, ctx, from as i64],
         )
+        .and_then(|mut stmt| {
+            stmt.execute(params![s.offset as i64, s.last_chunk_len.map(|n| n as i64), s.md5_claim, s.updated_at, s.completed_at, ctx, from as i64])
+        })
         .map_err(backend)?;
     if changed != 1 {
         return Err(backend("session changed under a write transaction"));
@@ -331,14 +449,10 @@ fn advance_in(tx: &Connection, ctx: &str, change: Advance) -> Result<Advanced, S
 impl SessionStore for EmbeddedStore {
     async fn get(&self, ctx: &str) -> Result<Option<Session>, StateError> {
         let ctx = ctx.to_owned();
-        self.blocking(move |c| {
-            c.query_row(
-                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE ctx = ?1"),
-                [ctx],
-                session,
-            )
-            .optional()
-            .map_err(backend)
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE ctx = ?1"))
+                .and_then(|mut stmt| stmt.query_row([ctx], session).optional())
+                .map_err(backend)
         })
         .await
     }
@@ -360,7 +474,7 @@ impl SessionStore for EmbeddedStore {
 
     async fn get_object(&self, bucket: &str, object_name: &str) -> Result<Option<ObjectRecord>, StateError> {
         let (b, o) = (bucket.to_owned(), object_name.to_owned());
-        self.blocking(move |c| {
+        self.read(move |c| {
             c.query_row(
                 &format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ?1 AND object = ?2"),
                 [b, o],
@@ -398,9 +512,9 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn idle_sessions(&self, before: i64, limit: usize) -> Result<Vec<Session>, StateError> {
-        self.blocking(move |c| {
+        self.read(move |c| {
             let mut stmt = c
-                .prepare(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE updated_at < ?1 ORDER BY updated_at LIMIT ?2"))
+                .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE updated_at < ?1 ORDER BY updated_at LIMIT ?2"))
                 .map_err(backend)?;
             let rows = stmt.query_map(params![before, limit as i64], session).map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)
@@ -423,7 +537,7 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn count_open(&self) -> Result<u64, StateError> {
-        self.blocking(|c| {
+        self.read(|c| {
             c.query_row(
                 "SELECT COUNT(*) FROM sessions WHERE completed_at IS NULL",
                 [],
@@ -436,9 +550,9 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn open_sessions(&self, limit: usize) -> Result<Vec<Session>, StateError> {
-        self.blocking(move |c| {
+        self.read(move |c| {
             let mut stmt = c
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions WHERE completed_at IS NULL ORDER BY created_at, ctx LIMIT ?1"
                 ))
                 .map_err(backend)?;
@@ -454,9 +568,9 @@ impl SessionStore for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<ObjectRecord>, StateError> {
         let bucket = bucket.map(str::to_owned);
-        self.blocking(move |c| {
+        self.read(move |c| {
             let mut stmt = c
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {OBJECT_COLUMNS} FROM objects WHERE ?1 IS NULL OR bucket = ?1 ORDER BY bucket, object LIMIT ?2"
                 ))
                 .map_err(backend)?;
@@ -493,10 +607,10 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn completions(&self, limit: usize) -> Result<Vec<(i64, Session)>, StateError> {
-        self.blocking(move |c| {
+        self.read(move |c| {
             let cols = SESSION_COLUMNS.split(", ").map(|col| format!("s.{col}")).collect::<Vec<_>>().join(", ");
             let mut stmt = c
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT c.seq, {cols} FROM completions c JOIN sessions s ON s.ctx = c.ctx ORDER BY c.seq LIMIT ?1"
                 ))
                 .map_err(backend)?;
