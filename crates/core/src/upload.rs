@@ -190,6 +190,11 @@ impl Node {
                 .await
             }
             .await;
+            if result.is_err()
+                && let Ok(id) = blob_id(ctx)
+            {
+                self.blobs.abandon(&id);
+            }
             if leased && let Err(e) = self.state.release(ctx, &self.owner).await {
                 tracing::warn!(ctx, error = %e, "could not release a session lease; it expires by itself");
             }

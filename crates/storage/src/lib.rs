@@ -79,6 +79,14 @@ pub trait BlobStore: Send + Sync + 'static {
     /// are unspecified: the next write at the same offset overwrites them.
     async fn write_at(&self, id: &BlobId, offset: u64, body: ByteStream) -> Result<u64, StorageError>;
 
+    /// Says that the last write to `id` was not committed (its commit
+    /// failed or lost a race): a store that keeps anything in memory about
+    /// the blob between writes drops it, and reads the blob afresh on the
+    /// next one. The bytes themselves stay as after a failed write.
+    fn abandon(&self, id: &BlobId) {
+        let _ = id;
+    }
+
     /// Streams `len` bytes from `offset` of a staged or published blob. The
     /// stream ends early (fewer bytes) when the blob is shorter.
     async fn read_at(&self, id: &BlobId, offset: u64, len: u64) -> Result<ByteStream, StorageError>;

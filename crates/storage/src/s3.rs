@@ -17,14 +17,24 @@
 //! A blob found damaged is moved (copied, then deleted) under
 //! `quarantine/<id>` with a `quarantine/<id>.why` note.
 //!
+//! The node writing a session keeps what it knows of it between chunks
+//! ([`Known`]): the chunk map, the upload and part ids, and the bytes of
+//! the chunks not yet in a part (within [`TAIL_BUDGET`] for all sessions),
+//! so a chunk costs its PUT — plus, when it fills a part, that part's
+//! upload from memory — instead of a LIST, the GETs of the part's earlier
+//! chunks and the GET of the upload id. What is kept is used only when it
+//! ends where the chunk starts; otherwise (another node wrote since, a
+//! restart) the listing is read again. The bucket stays the only truth.
+//!
 //! Publication uploads the tail as the last part, completes the multipart
 //! upload into `blobs/<id>` (objects smaller than one part are a single
 //! PUT) and deletes the staging objects. Part sizes are checked here,
 //! never left to the server: some S3 servers do not enforce the minimum.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -130,6 +140,42 @@ fn percent_decode(s: &str) -> String {
 pub struct S3Store {
     s3: Arc<AmazonS3>,
     part: u64,
+    /// What this node knows of the sessions it writes (see the module doc).
+    known: Arc<Mutex<HashMap<String, Known>>>,
+    /// Bytes of chunks held in [`Known::tail`]s, all sessions together.
+    held: Arc<AtomicU64>,
+}
+
+/// Chunk bytes kept in memory for all sessions of a node, at most: beyond
+/// it a part's earlier chunks are read back from the bucket.
+pub const TAIL_BUDGET: u64 = 64 << 20;
+
+/// Sessions whose state a node keeps between chunks, at most.
+const KNOWN_MAX: usize = 4096;
+
+/// A session as this node left it after its last chunk.
+struct Known {
+    staged: Staged,
+    /// Where the chain of chunks ends: the next chunk's offset.
+    end: u64,
+    /// The chunks since the last part boundary that are in memory.
+    tail: Vec<Held>,
+}
+
+/// A chunk's bytes, counted against [`TAIL_BUDGET`] while kept (`held`),
+/// or only for the write that brought them.
+struct Held {
+    offset: u64,
+    bytes: Bytes,
+    held: Option<Arc<AtomicU64>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(h) = &self.held {
+            h.fetch_sub(self.bytes.len() as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for S3Store {
@@ -193,6 +239,8 @@ impl S3Store {
         let store = Self {
             s3: Arc::new(s3),
             part: cfg.part_size,
+            known: Arc::default(),
+            held: Arc::default(),
         };
         store
             .s3
@@ -248,6 +296,7 @@ impl S3Store {
         &self,
         id: &BlobId,
         chunks: &BTreeMap<u64, u64>,
+        tail: &[Held],
         from: u64,
         to: u64,
     ) -> Result<BytesMut, StorageError> {
@@ -266,12 +315,21 @@ impl S3Store {
                     )))
                 })?;
             let end = (start + len).min(to);
-            let bytes = self
-                .s3
-                .get_range(&chunk_key(id, start), (at - start)..(end - start))
-                .await
-                .map_err(io_err)?;
-            out.extend_from_slice(&bytes);
+            let range = (at - start) as usize..(end - start) as usize;
+            match tail
+                .iter()
+                .find(|h| h.offset == start && h.bytes.len() as u64 == len)
+            {
+                Some(h) => out.extend_from_slice(&h.bytes[range]),
+                None => {
+                    let bytes = self
+                        .s3
+                        .get_range(&chunk_key(id, start), range.start as u64..range.end as u64)
+                        .await
+                        .map_err(io_err)?;
+                    out.extend_from_slice(&bytes);
+                }
+            }
             at = end;
         }
         Ok(out)
@@ -279,7 +337,9 @@ impl S3Store {
 
     async fn upload_id(&self, id: &BlobId, st: &mut Staged) -> Result<String, StorageError> {
         if let Some(u) = &st.upload {
-            return self.resolve(u).await;
+            let u = self.resolve(u).await?;
+            st.upload = Some(IdRecord::Known(u.clone()));
+            return Ok(u);
         }
         let u = self.s3.create_multipart(&final_key(id)).await.map_err(io_err)?;
         self.s3
@@ -316,7 +376,39 @@ impl S3Store {
         Ok(())
     }
 
+    /// Drops what this node kept of a session, returning it.
+    fn forget(&self, id: &BlobId) -> Option<Known> {
+        self.known.lock().ok()?.remove(id.as_str())
+    }
+
+    fn remember(&self, id: &BlobId, k: Known) {
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() >= KNOWN_MAX {
+                // Sessions not written for a while are as good as any to
+                // drop: what is kept is only a shortcut.
+                known.clear();
+            }
+            known.insert(id.as_str().to_owned(), k);
+        }
+    }
+
+    /// Keeps a chunk's bytes if the budget has room for them.
+    fn hold(&self, offset: u64, bytes: Bytes) -> Option<Held> {
+        let n = bytes.len() as u64;
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                (h + n <= TAIL_BUDGET).then_some(h + n)
+            })
+            .ok()?;
+        Some(Held {
+            offset,
+            bytes,
+            held: Some(self.held.clone()),
+        })
+    }
+
     async fn clear_staging(&self, id: &BlobId) -> Result<(), StorageError> {
+        self.forget(id);
         let listing = self
             .s3
             .list_with_delimiter(Some(&staging(id)))
@@ -332,7 +424,13 @@ impl S3Store {
 #[async_trait::async_trait]
 impl BlobStore for S3Store {
     async fn write_at(&self, id: &BlobId, offset: u64, mut body: ByteStream) -> Result<u64, StorageError> {
-        let mut st = self.staged(id).await?;
+        // Taken out while the chunk is written: a failure leaves nothing
+        // kept, and the next chunk reads the listing.
+        let known = self.forget(id).filter(|k| k.end == offset);
+        let (mut st, mut tail) = match known {
+            Some(k) => (k.staged, k.tail),
+            None => (self.staged(id).await?, Vec::new()),
+        };
         if offset > 0 && !st.any {
             return Err(StorageError::NotFound);
         }
@@ -343,21 +441,52 @@ impl BlobStore for S3Store {
         }
         let chunk = chunk.freeze();
         let len = chunk.len() as u64;
-        self.s3
-            .put(&chunk_key(id, offset), PutPayload::from(chunk.clone()))
-            .await
-            .map_err(io_err)?;
         st.chunks.insert(offset, len);
         st.any = true;
-        // A part that this chunk fills is uploaded now, from the chain.
         let end = offset + len;
-        let first_open = offset / self.part + 1;
-        for number in first_open..=(end / self.part) {
-            let from = (number - 1) * self.part;
-            let data = self.gather(id, &st.chunks, from, from + self.part).await?;
-            self.put_part(id, &mut st, number as usize, data.freeze()).await?;
-        }
+        let current = self.hold(offset, chunk.clone()).unwrap_or_else(|| Held {
+            offset,
+            bytes: chunk.clone(),
+            held: None,
+        });
+        tail.push(current);
+        // The chunk's PUT (its durability point) and the upload of a part
+        // it fills (from the chunks in memory) run at once; the chunk is
+        // acknowledged when both are done, so a failure of either is a
+        // failed write and its retry does both again.
+        let put = async {
+            self.s3
+                .put(&chunk_key(id, offset), PutPayload::from(chunk))
+                .await
+                .map_err(io_err)
+        };
+        let parts = async {
+            for number in offset / self.part + 1..=end / self.part {
+                let from = (number - 1) * self.part;
+                let data = self.gather(id, &st.chunks, &tail, from, from + self.part).await?;
+                self.put_part(id, &mut st, number as usize, data.freeze()).await?;
+            }
+            Ok::<_, StorageError>(())
+        };
+        let (put, parts) = tokio::join!(put, parts);
+        put?;
+        parts?;
+        // Kept: chunks in the budget that reach into the part still open.
+        let open_from = end / self.part * self.part;
+        tail.retain(|h| h.held.is_some() && h.offset + h.bytes.len() as u64 > open_from);
+        self.remember(
+            id,
+            Known {
+                staged: st,
+                end,
+                tail,
+            },
+        );
         Ok(len)
+    }
+
+    fn abandon(&self, id: &BlobId) {
+        self.forget(id);
     }
 
     /// Streams: a published object by ranged GET as the server sends it,
@@ -408,6 +537,7 @@ impl BlobStore for S3Store {
     }
 
     async fn publish(&self, id: &BlobId, size: u64) -> Result<(), StorageError> {
+        self.forget(id);
         // The final object appears at once and whole (one PUT, or the
         // multipart completion), so its presence means published: what is
         // left in staging is a cleanup a crash cut short. (Publishing from
@@ -426,7 +556,7 @@ impl BlobStore for S3Store {
             let data = if size == 0 {
                 BytesMut::new()
             } else {
-                self.gather(id, &st.chunks, 0, size).await?
+                self.gather(id, &st.chunks, &[], 0, size).await?
             };
             self.s3
                 .put(&final_key(id), PutPayload::from(data.freeze()))
@@ -441,7 +571,7 @@ impl BlobStore for S3Store {
             // uploaded it); the tail is the last part.
             let tail_from = full * self.part;
             if size > tail_from {
-                let data = self.gather(id, &st.chunks, tail_from, size).await?;
+                let data = self.gather(id, &st.chunks, &[], tail_from, size).await?;
                 self.put_part(id, &mut st, full as usize + 1, data.freeze())
                     .await?;
             }
@@ -468,6 +598,7 @@ impl BlobStore for S3Store {
     }
 
     async fn delete(&self, id: &BlobId) -> Result<(), StorageError> {
+        self.forget(id);
         let st = self.staged(id).await?;
         if let Some(u) = &st.upload {
             let u = self.resolve(u).await?;
@@ -536,6 +667,7 @@ impl BlobStore for S3Store {
     }
 
     async fn quarantine(&self, id: &BlobId, note: &str) -> Result<bool, StorageError> {
+        self.forget(id);
         let to = |name: &str| Path::from(format!("quarantine/{}/{name}", id.as_str()));
         let mut moved = false;
         match self.s3.copy(&final_key(id), &to("blob")).await {

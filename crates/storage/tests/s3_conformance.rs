@@ -75,6 +75,38 @@ async fn chunks_coalesce_into_parts_any_node_can_complete() {
     assert_eq!(read(&node_a, &id, 0, 6 << 20).await, want);
 }
 
+/// A node keeps a session's chunks in memory between writes and builds
+/// parts from them; a write it was told was not committed must not be
+/// used: another node may have written other bytes at the same offset
+/// since (here, a client that changed its mind between two nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_forgets_an_abandoned_write_and_parts_hold_the_committed_bytes() {
+    let garage = Garage::start();
+    let cfg = garage.bucket("abandoned");
+    let (node_a, node_b) = (
+        S3Store::open(cfg.clone()).await.unwrap(),
+        S3Store::open(cfg).await.unwrap(),
+    );
+    let id = BlobId::new("session-4").unwrap();
+    let (x, y, z) = (pattern(3 << 20, 1), pattern(3 << 20, 2), pattern(3 << 20, 3));
+    node_a.write_at(&id, 0, body(vec![x])).await.unwrap();
+    // Its commit failed; the client went to node B with other bytes.
+    node_a.abandon(&id);
+    node_b.write_at(&id, 0, body(vec![y.clone()])).await.unwrap();
+    // The next chunk reaches node A again and fills the first 5 MiB part.
+    node_a
+        .write_at(&id, 3 << 20, body(vec![z.clone()]))
+        .await
+        .unwrap();
+    node_a.publish(&id, 6 << 20).await.unwrap();
+    let mut want = y;
+    want.extend(z);
+    assert!(
+        read(&node_b, &id, 0, 6 << 20).await == want,
+        "the part holds B's committed bytes"
+    );
+}
+
 /// Regression (found by the crash loop): a crash while publication cleared
 /// staging left some staged objects (not the first chunk) behind; the
 /// publication recovery then retried failed ("staged bytes at 0 are
