@@ -321,6 +321,24 @@ fn bad_configuration_fails_at_start_with_a_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("public URL"));
+    // A taken port: the cause once (it was printed twice), and the hint.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = upline()
+        .args([
+            "serve",
+            "--listen",
+            &taken.local_addr().unwrap().to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("UPLINE_ACCESS_KEY", AK)
+        .env("UPLINE_SECRET_KEY", SK)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pick another --listen address"), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "the cause once: {err}");
     // Bad backend URLs say what to write instead.
     for (flag, url, hint) in [
         ("--storage", "gcs://bucket", "write fs://PATH or s3://"),

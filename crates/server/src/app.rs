@@ -35,10 +35,10 @@ use crate::routes::Endpoint;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "cannot use data directory {path}: {source} (pass --data-dir or UPLINE_DATA_DIR with a writable directory)"
+        "cannot use data directory {path} (pass --data-dir or UPLINE_DATA_DIR with a writable directory)"
     )]
     DataDir { path: PathBuf, source: std::io::Error },
-    #[error("{0}")]
+    #[error(transparent)]
     Backend(#[from] crate::backends::BackendUrlError),
     #[error(
         "no credentials configured (set UPLINE_ACCESS_KEY and UPLINE_SECRET_KEY, or [[credentials]] in the config file)"
@@ -48,20 +48,20 @@ pub enum StartError {
     CorsOrigin(String),
     #[error("invalid public URL {0:?} (write it as http://host[:port] or https://host[:port])")]
     PublicUrl(String),
-    #[error("cannot listen on {addr}: {source} (pick another --listen address)")]
+    #[error("cannot listen on {addr} (pick another --listen address)")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("recovery of the stores failed: {0}")]
+    #[error("recovery of the stores failed")]
     Recover(#[source] upline_core::CoreError),
-    #[error("cannot build the callback HTTP client: {0}")]
+    #[error("cannot build the callback HTTP client")]
     Http(#[source] reqwest::Error),
-    #[error("master key: {0}")]
+    #[error("master key")]
     MasterKey(#[from] crate::secrets::KeyError),
-    #[error("{0}")]
+    #[error(transparent)]
     DataDirClaim(#[from] crate::datadir::ClaimError),
-    #[error("TLS: {0}")]
+    #[error("TLS")]
     Tls(#[from] crate::tls::TlsError),
 }
 
