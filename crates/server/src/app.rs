@@ -57,11 +57,11 @@ pub enum StartError {
     Recover(#[source] upline_core::CoreError),
     #[error("cannot build the callback HTTP client")]
     Http(#[source] reqwest::Error),
-    #[error("master key")]
+    #[error(transparent)]
     MasterKey(#[from] crate::secrets::KeyError),
     #[error(transparent)]
     DataDirClaim(#[from] crate::datadir::ClaimError),
-    #[error("TLS")]
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
 

@@ -11,7 +11,7 @@ use crate::ServerConfig;
 pub enum KeyError {
     #[error("master_key must be 64 hex digits")]
     Format,
-    #[error("cannot read or create {path}: {source}")]
+    #[error("cannot read or create {path}")]
     File { path: String, source: std::io::Error },
 }
 
