@@ -247,6 +247,35 @@ mod tests {
         assert_eq!(tap.digest().await, <[u8; 16]>::from(Md5::digest(&data)));
     }
 
+    /// Many uploads at once, frames of odd sizes over many batches: each
+    /// digest is the digest of its own bytes in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn taps_of_concurrent_uploads_digest_their_own_bytes() {
+        let uploads = (0..8u8).map(|seed| {
+            tokio::spawn(async move {
+                let data: Vec<u8> = (0..HASH_BATCH * 12 + 777)
+                    .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+                    .collect();
+                let tap = Md5Tap::default();
+                let frames = data.chunks(65_521).map(<[u8]>::to_vec).collect();
+                let got = drain(guard(
+                    body(frames),
+                    u64::MAX,
+                    CancellationToken::new(),
+                    Some(tap.clone()),
+                    Arc::default(),
+                ))
+                .await
+                .unwrap();
+                assert_eq!(got, data);
+                assert_eq!(tap.digest().await, <[u8; 16]>::from(Md5::digest(&data)));
+            })
+        });
+        for u in uploads.collect::<Vec<_>>() {
+            u.await.unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn cancellation_stops_the_body() {
         let c = CancellationToken::new();
