@@ -126,9 +126,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = settings::load(&args.common, &args)?;
     let source = settings::resolve_credentials(&mut cfg, true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.worker_threads())
         .enable_all()
         .max_blocking_threads(upline_server::BLOCKING_THREADS)
         .build()?;
+    tracing::debug!(
+        workers = runtime.metrics().num_workers(),
+        blocking_max = upline_server::BLOCKING_THREADS,
+        "runtime started"
+    );
     runtime.block_on(async move {
         let app = upline_server::App::build(cfg.clone()).await?;
         let access_key = &cfg.credentials[0].access_key;

@@ -359,3 +359,34 @@ fn bad_configuration_fails_at_start_with_a_message() {
         assert!(err.contains(hint), "{url}: {err}");
     }
 }
+
+/// The node's async workers: half the cores by default, `worker_threads`
+/// (here from the environment) when set — as the started runtime reports.
+#[test]
+fn worker_threads_reach_the_runtime() {
+    let workers = |node: &Proc| {
+        let log = node.log.lock().unwrap();
+        let line = log
+            .iter()
+            .find(|l| l.contains("runtime started"))
+            .unwrap_or_else(|| panic!("no runtime line: {log:?}"))
+            .clone();
+        line.split("workers=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut envs = env_creds().to_vec();
+    envs.push(("UPLINE_WORKER_THREADS", "3"));
+    let node = Proc::serve(dir.path(), &[], &envs);
+    assert_eq!(workers(&node), 3);
+    node.kill9();
+    let node = Proc::serve(dir.path(), &[], &env_creds());
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(workers(&node), (cores / 2).max(1));
+}
