@@ -389,4 +389,7 @@ fn worker_threads_reach_the_runtime() {
     let node = Proc::serve(dir.path(), &[], &env_creds());
     let cores = std::thread::available_parallelism().unwrap().get();
     assert_eq!(workers(&node), (cores / 2).max(1));
+    node.kill9();
+    let node = Proc::serve(dir.path(), &["--role", "lbs"], &env_creds());
+    assert_eq!(workers(&node), cores, "an LBS-only node has no blocking work");
 }

@@ -118,7 +118,7 @@ pub struct ServerConfig {
     /// sizes are always checked, and every full download is verified).
     pub verify_objects_at_start: bool,
     /// Threads that run the node's async work (HTTP, the upload path's
-    /// copies); 0 = half the cores, at least one — see
+    /// copies); 0 = half the cores (all of them for `--role lbs`) — see
     /// [`worker_threads`](Self::worker_threads).
     pub worker_threads: usize,
     /// Most connections served at once; past it a few more are answered
@@ -152,19 +152,28 @@ pub enum Role {
 }
 
 impl ServerConfig {
-    /// The async worker threads to start: `worker_threads`, or half the
-    /// cores (at least one). Why not one per core, tokio's default: the
-    /// other half is where the node's blocking work runs — direct writes,
-    /// `fdatasync`, SQLite commits, MD5 — beside the kernel's network
-    /// stack. Measured on 2 cores (`BENCHMARKS.md`), one worker instead of
-    /// two: 256 concurrent uploads 595 → 850 MiB/s at 40 % less CPU per
-    /// GiB (fewer wake-ups across cores), a single stream +9 %.
+    /// The async worker threads to start: `worker_threads`, or for an
+    /// upload node half the cores (at least one), for an LBS-only node all
+    /// of them.
+    ///
+    /// Why not one per core (tokio's default) on an upload node: the other
+    /// half is where its blocking work runs — direct writes, `fdatasync`,
+    /// SQLite commits, MD5 — beside the kernel's network stack. Measured on
+    /// 2 cores (`BENCHMARKS.md`), one worker instead of two: 256 concurrent
+    /// uploads 595 → 850 MiB/s at 40 % less CPU per GiB (fewer wake-ups
+    /// across cores), a single stream +9 % — and `/lbs` answered by that
+    /// node 18 % slower (48k against 59k requests a second), which is why
+    /// a node that only answers `/lbs`, with no blocking work, keeps one
+    /// worker per core.
     pub fn worker_threads(&self) -> usize {
         if self.worker_threads > 0 {
             return self.worker_threads;
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / 2).max(1)
+        match self.role {
+            Role::Lbs => cores,
+            Role::Node => (cores / 2).max(1),
+        }
     }
 }
 
