@@ -93,7 +93,7 @@ def rss_mib(pid):
 
 
 class Garage:
-    """Garage (cargo install garage --locked --version 2.5.0, as the test
+    """Garage (cargo install garage --locked --version 2.5.0, SQLite engine only, as the test
     script does) started by `upline-bench garage`, with a bucket `bench`."""
 
     def __enter__(self):
