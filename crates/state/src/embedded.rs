@@ -76,6 +76,11 @@ struct CommitJob {
 /// Most advances committed in one transaction.
 const GROUP_MAX: usize = 256;
 
+/// Commits (groups) after which the committer checkpoints as soon as no
+/// advance is waiting, and after which it checkpoints even if one is.
+const CHECKPOINT_IDLE: usize = 32;
+const CHECKPOINT_FORCE: usize = 1_000;
+
 /// The committer: takes every advance waiting and commits them in one
 /// transaction, each in its own savepoint (a refused one is rolled back
 /// alone), so many concurrent uploads share one WAL fsync instead of
@@ -233,11 +238,6 @@ struct Readers {
 /// once, and closed after.
 const READERS_KEPT: usize = 4;
 
-/// Commits (groups) after which the committer checkpoints as soon as no
-/// advance is waiting, and after which it checkpoints even if one is.
-const CHECKPOINT_IDLE: usize = 32;
-const CHECKPOINT_FORCE: usize = 1_000;
-
 impl Readers {
     fn take(&self) -> Result<Connection, StateError> {
         if let Some(c) = self
@@ -350,12 +350,17 @@ fn migrate(conn: &mut Connection) -> Result<(), StateError> {
     tx.commit().map_err(backend)
 }
 
+/// One session, read on whichever connection (a reader, or the writer
+/// inside an advance's transaction).
+fn session_by_ctx(c: &Connection, ctx: &str) -> Result<Option<Session>, StateError> {
+    c.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE ctx = ?1"))
+        .and_then(|mut stmt| stmt.query_row([ctx], session).optional())
+        .map_err(backend)
+}
+
 /// One advance inside the caller's transaction (or savepoint).
 fn advance_in(tx: &Connection, ctx: &str, change: Advance) -> Result<Advanced, StateError> {
-    let current = tx
-        .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE ctx = ?1"))
-        .and_then(|mut stmt| stmt.query_row([ctx], session).optional())
-        .map_err(backend)?;
+    let current = session_by_ctx(tx, ctx)?;
     let mut s = match (change.start, current) {
         (Start::New { .. }, Some(_)) => return Err(StateError::Exists),
         (
@@ -449,12 +454,7 @@ fn advance_in(tx: &Connection, ctx: &str, change: Advance) -> Result<Advanced, S
 impl SessionStore for EmbeddedStore {
     async fn get(&self, ctx: &str) -> Result<Option<Session>, StateError> {
         let ctx = ctx.to_owned();
-        self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE ctx = ?1"))
-                .and_then(|mut stmt| stmt.query_row([ctx], session).optional())
-                .map_err(backend)
-        })
-        .await
+        self.read(move |c| session_by_ctx(c, &ctx)).await
     }
 
     async fn advance(&self, ctx: &str, change: Advance) -> Result<Advanced, StateError> {

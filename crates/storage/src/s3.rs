@@ -408,7 +408,6 @@ impl S3Store {
     }
 
     async fn clear_staging(&self, id: &BlobId) -> Result<(), StorageError> {
-        self.forget(id);
         let listing = self
             .s3
             .list_with_delimiter(Some(&staging(id)))

@@ -19,6 +19,15 @@ async fn s3_store_conforms() {
     .await;
 }
 
+/// Two stores on one bucket: two nodes.
+async fn two_nodes(garage: &Garage, bucket: &str) -> (S3Store, S3Store) {
+    let cfg = garage.bucket(bucket);
+    (
+        S3Store::open(cfg.clone()).await.unwrap(),
+        S3Store::open(cfg).await.unwrap(),
+    )
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -28,11 +37,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_coalesce_into_parts_any_node_can_complete() {
     let garage = Garage::start();
-    let cfg = garage.bucket("parts");
-    let (node_a, node_b) = (
-        S3Store::open(cfg.clone()).await.unwrap(),
-        S3Store::open(cfg).await.unwrap(),
-    );
+    let (node_a, node_b) = two_nodes(&garage, "parts").await;
     let id = BlobId::new("session-1").unwrap();
     // 3 MiB chunks, alternating nodes: parts of 5 MiB fill across chunks.
     let chunk = 3 << 20;
@@ -82,11 +87,7 @@ async fn chunks_coalesce_into_parts_any_node_can_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_forgets_an_abandoned_write_and_parts_hold_the_committed_bytes() {
     let garage = Garage::start();
-    let cfg = garage.bucket("abandoned");
-    let (node_a, node_b) = (
-        S3Store::open(cfg.clone()).await.unwrap(),
-        S3Store::open(cfg).await.unwrap(),
-    );
+    let (node_a, node_b) = two_nodes(&garage, "abandoned").await;
     let id = BlobId::new("session-4").unwrap();
     let (x, y, z) = (pattern(3 << 20, 1), pattern(3 << 20, 2), pattern(3 << 20, 3));
     node_a.write_at(&id, 0, body(vec![x])).await.unwrap();
