@@ -19,6 +19,7 @@ use upline_storage::BlobStore;
 
 pub mod body;
 mod error;
+mod idle;
 mod locks;
 mod maintenance;
 mod upload;
@@ -124,6 +125,8 @@ pub struct Node {
     quarantined: Arc<AtomicU64>,
     /// This node's name in session leases.
     owner: String,
+    /// Hashes completed objects in the background.
+    idle_md5: Arc<idle::IdleHasher>,
 }
 
 impl Node {
@@ -146,6 +149,7 @@ impl Node {
             chunks: AtomicU64::new(0),
             quarantined: Arc::default(),
             owner: format!("node-{:016x}", rand::random::<u64>()),
+            idle_md5: Arc::default(),
         }
     }
 

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use upline_state::{ObjectRecord, Session};
 use upline_storage::{BlobId, StorageError};
 
-use crate::upload::{blob_id, blob_md5};
+use crate::upload::{Hashing, blob_id, blob_md5};
 use crate::{CoreError, Node};
 
 /// What one scrub of the published objects found.
@@ -199,7 +199,14 @@ impl Node {
                 Some(_) => match (&rec.md5, verify_md5) {
                     (Some(want), true) => {
                         done.md5_checked += 1;
-                        match blob_md5(self.blobs.as_ref(), &rec.blob, rec.size).await {
+                        match blob_md5(
+                            self.blobs.as_ref(),
+                            &rec.blob,
+                            rec.size,
+                            Hashing::idle(&self.idle_md5).await,
+                        )
+                        .await
+                        {
                             Ok(got) if &got == want => None,
                             Ok(got) => Some(format!("bytes hash to MD5 {got}, {want} recorded")),
                             Err(e) => Some(format!("bytes unreadable: {e}")),
@@ -277,11 +284,12 @@ impl Node {
     /// Computes a completed object's MD5 in the background and records it
     /// (if the object still points at this session's blob by then).
     pub(crate) fn spawn_object_md5(&self, session: &Session) {
-        let (blobs, state) = (self.blobs.clone(), self.state.clone());
+        let (blobs, state, idle) = (self.blobs.clone(), self.state.clone(), self.idle_md5.clone());
         let s = session.clone();
         tokio::spawn(async move {
             let result = async {
-                let md5 = blob_md5(blobs.as_ref(), &s.ctx, s.offset).await?;
+                let hashing = Hashing::idle(&idle).await;
+                let md5 = blob_md5(blobs.as_ref(), &s.ctx, s.offset, hashing).await?;
                 state.set_object_md5(&s.bucket, &s.object, &s.ctx, &md5).await?;
                 Ok::<_, CoreError>(())
             }

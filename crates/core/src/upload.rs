@@ -441,7 +441,7 @@ impl Node {
     }
 
     pub(crate) async fn object_md5(&self, ctx: &str, size: u64) -> Result<String, CoreError> {
-        blob_md5(self.blobs.as_ref(), ctx, size).await
+        blob_md5(self.blobs.as_ref(), ctx, size, Hashing::default()).await
     }
 
     /// The record of a published object.
@@ -455,7 +455,7 @@ impl Node {
         if let Some(md5) = &record.md5 {
             return Ok(md5.clone());
         }
-        let md5 = blob_md5(self.blobs.as_ref(), &record.blob, record.size).await?;
+        let md5 = blob_md5(self.blobs.as_ref(), &record.blob, record.size, Hashing::default()).await?;
         self.state
             .set_object_md5(&record.bucket, &record.object, &record.blob, &md5)
             .await?;
@@ -490,24 +490,69 @@ impl Node {
 const DEFAULT_CALLBACK_BODY: &str = r#"{"bucket":"${bucket}","object":"${object}","size":${size},"md5":"${md5}","mimeType":"${mimeType}","context":"${context}"}"#;
 
 /// MD5 (hex) of the first `size` bytes of a blob, read back from storage.
-pub(crate) async fn blob_md5(blobs: &dyn BlobStore, ctx: &str, size: u64) -> Result<String, CoreError> {
+pub(crate) async fn blob_md5(
+    blobs: &dyn BlobStore,
+    ctx: &str,
+    size: u64,
+    mut hashing: Hashing,
+) -> Result<String, CoreError> {
     let mut stream = blobs
         .read_at(&blob_id(ctx)?, 0, size)
         .await
         .map_err(CoreError::internal)?;
-    let mut hasher = Md5::new();
     let mut seen = 0u64;
     while let Some(frame) = stream.next().await {
         let frame = frame.map_err(CoreError::internal)?;
         seen += frame.len() as u64;
-        hasher.update(&frame);
+        hashing.update(frame).await?;
     }
     if seen != size {
         return Err(CoreError::internal(format!(
             "blob {ctx} holds {seen} of {size} committed bytes"
         )));
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hex::encode(hashing.finish().await?))
+}
+
+/// Where [`blob_md5`] hashes: here, for an MD5 someone waits for, or on the
+/// idle hasher, for one computed ahead of need.
+pub(crate) enum Hashing {
+    Here(Md5),
+    Idle(crate::idle::Feed),
+}
+
+impl Default for Hashing {
+    fn default() -> Self {
+        Hashing::Here(Md5::new())
+    }
+}
+
+impl Hashing {
+    /// On the idle hasher when its thread runs.
+    pub(crate) async fn idle(hasher: &crate::idle::IdleHasher) -> Self {
+        hasher.begin().await.map_or_else(Hashing::default, Hashing::Idle)
+    }
+
+    async fn update(&mut self, frame: bytes::Bytes) -> Result<(), CoreError> {
+        match self {
+            Hashing::Here(h) => {
+                h.update(&frame);
+                Ok(())
+            }
+            Hashing::Idle(feed) => feed.update(frame).await.ok_or_else(hasher_gone),
+        }
+    }
+
+    async fn finish(self) -> Result<[u8; 16], CoreError> {
+        match self {
+            Hashing::Here(h) => Ok(h.finalize().into()),
+            Hashing::Idle(feed) => feed.finish().await.ok_or_else(hasher_gone),
+        }
+    }
+}
+
+fn hasher_gone() -> CoreError {
+    CoreError::internal("the idle MD5 thread stopped")
 }
 
 pub(crate) fn blob_id(ctx: &str) -> Result<BlobId, CoreError> {
