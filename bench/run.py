@@ -6,7 +6,8 @@ and prints medians and min-max as a Markdown table. Contenders so far:
 upline (release build, embedded default), the disk's limit (dd with a sync
 every 4 MiB), one core's MD5 speed (openssl), and nginx reading and
 discarding 4 MiB bodies / answering /lbs with a fixed body (loopback
-limit), and the peers @tus/server (npm, `bench/tus-node`) and rustus, in
+limit; /lbs is measured on `upline serve --role lbs` over a PostgreSQL
+registry, as deployed, and on an upload node), and the peers @tus/server (npm, `bench/tus-node`) and rustus, in
 its default and --force-fsync modes (`cargo install rustus --locked`).
 
 Also upline on S3 (Garage, started by `upline-bench garage`) against a
@@ -84,6 +85,47 @@ class Upline:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class UplineLbs:
+    """The deployment's LBS: `upline serve --role lbs` (one async worker per
+    core) reading the node registry in PostgreSQL, where one upload node
+    (same state, local disk) heartbeats. PostgreSQL is the machine's
+    (127.0.0.1:5432, trust); the database `upline_bench_lbs` is made anew."""
+    name = "upline --role lbs"
+    DB = "upline_bench_lbs"
+
+    def __enter__(self):
+        sh(f"psql -h 127.0.0.1 -U postgres -qc 'DROP DATABASE IF EXISTS {self.DB} WITH (FORCE)' -c 'CREATE DATABASE {self.DB}'")
+        state = f"postgres://postgres@127.0.0.1/{self.DB}"
+        self.node = Upline("--state", state)
+        self.node.__enter__()
+        self.port = free_port()
+        env = dict(os.environ, UPLINE_ACCESS_KEY="bench", UPLINE_SECRET_KEY="bench-secret")
+        self.proc = subprocess.Popen([os.path.join(BIN, "upline"), "serve", "--role", "lbs", "--state", state,
+                                      "--listen", f"127.0.0.1:{self.port}"], env=env, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{self.port}/lbs?version=1.0&bucketname=bench"
+        started = time.monotonic()
+        while True:
+            try:
+                body = json.loads(urllib.request.urlopen(url, timeout=1).read())
+                if f"127.0.0.1:{self.node.port}" in body["upload"][0]:
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() - started > 30:
+                self.__exit__(None, None, None)
+                raise RuntimeError("the LBS did not list the node")
+            time.sleep(0.05)
+        return self
+
+    def bench(self, *args):
+        return run_bench(self.port, self.proc.pid, "upline", *args)
+
+    def __exit__(self, *a):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait()
+        self.node.__exit__(*a)
 
 
 def rss_mib(pid):
@@ -252,8 +294,10 @@ def series(a, size_mib, rows):
     with Nginx() as n:
         add("single, nginx discarding (loopback)", n.bench("single", "--size", a.size)["mib_per_s"])
         add(LBS_NGINX, n.bench("lbs", "--seconds", "5")["requests_per_s"])
+    with UplineLbs() as l:
+        add(LBS, l.bench("lbs", "--seconds", "5")["requests_per_s"])
     with Upline() as u:
-        add(LBS, u.bench("lbs", "--seconds", "5")["requests_per_s"])
+        add(LBS_NODE, u.bench("lbs", "--seconds", "5")["requests_per_s"])
         c = u.bench("concurrent", "--uploads", "256", "--size", "16MiB", "--chunk", "1MiB")
         add(CONC, c["mib_per_s"])
         add(CONC_P50, c["p50_ms"])
@@ -275,7 +319,8 @@ DD_DIRECT = "single, dd oflag=direct, sync every 4 MiB"
 DD_CACHE = "single, dd through the page cache, sync every 4 MiB"
 MD5 = "MD5, one core (openssl)"
 MD5_CRATE = "MD5, one core (md-5 crate, the node's)"
-LBS = "lbs req/s, upline"
+LBS = "lbs req/s, upline --role lbs (PostgreSQL registry)"
+LBS_NODE = "lbs req/s, upline upload node (one async worker)"
 LBS_NGINX = "lbs req/s, nginx return 200"
 CONC = "concurrent 256×16 MiB, upline MiB/s"
 CONC_P50 = "concurrent, upline p50 chunk ms"
@@ -299,6 +344,7 @@ def targets(rows):
         ("concurrent p99 / p50", m[CONC_P99] / m[CONC_P50], "<=", 5.0),
         ("concurrent peak RSS MiB", m[CONC_RSS], "<=", 150),
         ("lbs vs nginx", m[LBS] / m[LBS_NGINX], ">=", 0.8),
+        ("(lbs answered by an upload node vs nginx)", m[LBS_NODE] / m[LBS_NGINX], ">=", 0.8),
         ("idle RSS MiB", m[IDLE_RSS], "<=", 20),
         ("start to first answer ms", m[STARTUP], "<=", 100),
     ]
