@@ -48,7 +48,18 @@ def run_bench(port, pid, proto, *args):
     return json.loads(out.stdout)
 
 
-class Upline:
+class UplineProc:
+    """An upline process on `self.port` (`self.proc`) that upline-bench drives."""
+
+    def bench(self, *args):
+        return run_bench(self.port, self.proc.pid, "upline", *args)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait()
+
+
+class Upline(UplineProc):
     name = "upline"
 
     def __init__(self, *extra, env=None):
@@ -78,16 +89,12 @@ class Upline:
         self.idle_rss_mib = rss_mib(self.proc.pid)
         return self
 
-    def bench(self, *args):
-        return run_bench(self.port, self.proc.pid, "upline", *args)
-
     def __exit__(self, *a):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait()
+        self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class UplineLbs:
+class UplineLbs(UplineProc):
     """The deployment's LBS: `upline serve --role lbs` (one async worker per
     core) reading the node registry in PostgreSQL, where one upload node
     (same state, local disk) heartbeats. PostgreSQL is the machine's
@@ -119,12 +126,8 @@ class UplineLbs:
             time.sleep(0.05)
         return self
 
-    def bench(self, *args):
-        return run_bench(self.port, self.proc.pid, "upline", *args)
-
     def __exit__(self, *a):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait()
+        self.stop()
         self.node.__exit__(*a)
 
 
