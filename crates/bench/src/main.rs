@@ -66,7 +66,7 @@ enum Scenario {
         #[arg(long, default_value = "8MiB", value_parser = size)]
         part_size: u64,
     },
-    /// One core's speed of the MD5 the node uses (the md-5 crate), in
+    /// One core's speed of the MD5 the node uses (fast-md5), in
     /// 4 MiB updates, best of five: the ceiling of uploads with Content-MD5.
     Md5Speed,
     /// Starts Garage (as the tests do) with a bucket `bench`, prints its

@@ -14,7 +14,7 @@
 use std::sync::mpsc;
 
 use bytes::Bytes;
-use md5::{Digest, Md5};
+use fast_md5::Md5;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as tmpsc, oneshot};
 
 /// Frames of one object queued for the hasher (what a reader may run
@@ -98,7 +98,7 @@ fn start() -> mpsc::Sender<Job> {
                 while let Some(frame) = job.frames.blocking_recv() {
                     hasher.update(&frame);
                 }
-                let _ = job.done.send(hasher.finalize().into());
+                let _ = job.done.send(hasher.finalize());
             }
         });
     if let Err(e) = spawned {
@@ -128,7 +128,8 @@ mod tests {
     use super::*;
 
     fn md5(b: &[u8]) -> [u8; 16] {
-        Md5::digest(b).into()
+        use md5::Digest;
+        md5::Md5::digest(b).into()
     }
 
     #[tokio::test]

@@ -1,8 +1,8 @@
 //! Rules 3–9 of the chunk upload, and the resume-point query.
 
 use base64::Engine;
+use fast_md5::Md5;
 use futures_util::StreamExt;
-use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use upline_proto::callback::{self, CallbackVars};
@@ -545,7 +545,7 @@ impl Hashing {
 
     async fn finish(self) -> Result<[u8; 16], CoreError> {
         match self {
-            Hashing::Here(h) => Ok(h.finalize().into()),
+            Hashing::Here(h) => Ok(h.finalize()),
             Hashing::Idle(feed) => feed.finish().await.ok_or_else(hasher_gone),
         }
     }

@@ -167,10 +167,9 @@ fn verified(
     stream: upline_storage::ByteStream,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
     use futures_util::StreamExt;
-    use md5::Digest;
     let node = app.node.clone();
     let want = md5.to_owned();
-    let state = Some((stream, md5::Md5::new(), 0u64, None::<bytes::Bytes>));
+    let state = Some((stream, fast_md5::Md5::new(), 0u64, None::<bytes::Bytes>));
     futures_util::stream::unfold(state, move |state| {
         let (node, record, want) = (node.clone(), record.clone(), want.clone());
         async move {
