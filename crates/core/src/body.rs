@@ -232,12 +232,7 @@ pub async fn same_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// RustCrypto's md-5, the reference the node's MD5 is compared with.
-    fn reference_md5(data: &[u8]) -> [u8; 16] {
-        use md5::Digest;
-        md5::Md5::digest(data).into()
-    }
+    use crate::reference_md5;
 
     /// The node's MD5 (fast-md5's assembly) against the reference, for
     /// every length around the 64-byte block and padding boundaries and

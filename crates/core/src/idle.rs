@@ -126,11 +126,7 @@ fn lower_priority() {}
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn md5(b: &[u8]) -> [u8; 16] {
-        use md5::Digest;
-        md5::Md5::digest(b).into()
-    }
+    use crate::reference_md5;
 
     #[tokio::test]
     async fn digests_match_and_objects_do_not_mix() {
@@ -149,8 +145,8 @@ mod tests {
         for c in data.chunks(7_000) {
             a.update(Bytes::copy_from_slice(c)).await.unwrap();
         }
-        assert_eq!(a.finish().await.unwrap(), md5(&data));
-        assert_eq!(second.await.unwrap(), md5(b"other"));
+        assert_eq!(a.finish().await.unwrap(), reference_md5(&data));
+        assert_eq!(second.await.unwrap(), reference_md5(b"other"));
     }
 
     /// An abandoned feed (its task dropped mid-object) does not stall the
@@ -163,7 +159,7 @@ mod tests {
         drop(a);
         let b = h.begin().await.unwrap();
         b.update(Bytes::from_static(b"x")).await.unwrap();
-        assert_eq!(b.finish().await.unwrap(), md5(b"x"));
+        assert_eq!(b.finish().await.unwrap(), reference_md5(b"x"));
     }
 
     /// The hasher's own thread, found by name, is in the idle class

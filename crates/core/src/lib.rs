@@ -226,3 +226,11 @@ impl Drop for InFlight<'_> {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// RustCrypto's md-5, the reference the node's MD5 (fast-md5) is compared
+/// with in tests.
+#[cfg(test)]
+pub(crate) fn reference_md5(data: &[u8]) -> [u8; 16] {
+    use md5::Digest;
+    md5::Md5::digest(data).into()
+}
