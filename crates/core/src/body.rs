@@ -32,9 +32,15 @@ impl BodyStop {
     }
 }
 
-/// What a tap may hold of frames received but not yet hashed (the body
-/// waits beyond it, so memory stays bounded however slow the hash).
-const RUN_AHEAD: usize = 512 * 1024;
+/// What one upload's tap may hold of frames received but not yet hashed
+/// (the body waits beyond it). Per upload, with the hash as fast as
+/// openssl's: 128 / 256 / 512 KiB / 1 MiB ran 457 / 471 / 485 / 508 MiB/s
+/// (BENCHMARKS.md).
+const RUN_AHEAD: usize = 1024 * 1024;
+/// What the taps of all uploads of a node may hold together, so that many
+/// uploads with `Content-MD5` at once stay within a fixed memory bound
+/// (each waits for room; hashing always frees it).
+pub const TAPS_BUDGET: usize = 16 * 1024 * 1024;
 
 /// A running MD5 of the bytes that went through a guarded body, computed
 /// off the async worker: frames are queued (by reference, no copy) and
@@ -49,48 +55,84 @@ const RUN_AHEAD: usize = 512 * 1024;
 /// that starts only when frames wait and stops when none do keeps the hash
 /// busy through a fast body, and never holds a blocking thread while a
 /// slow client trickles its bytes in.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Md5Tap(Arc<Tap>);
 
-struct Tap {
-    queue: std::sync::Mutex<Queue>,
-    /// [`RUN_AHEAD`] bytes of room for queued frames.
+/// The room all taps of a node share ([`TAPS_BUDGET`] bytes).
+#[derive(Clone)]
+pub struct TapsBudget {
     room: Arc<Semaphore>,
-    /// Told when a hashing task ends.
-    idle: Notify,
+    bytes: usize,
 }
 
-impl Default for Tap {
+impl Default for TapsBudget {
     fn default() -> Self {
-        Tap {
-            queue: Default::default(),
-            room: Arc::new(Semaphore::new(RUN_AHEAD)),
-            idle: Notify::new(),
+        Self::new(TAPS_BUDGET)
+    }
+}
+
+impl TapsBudget {
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            room: Arc::new(Semaphore::new(bytes)),
+            bytes,
         }
     }
 }
 
+struct Tap {
+    queue: std::sync::Mutex<Queue>,
+    /// [`RUN_AHEAD`] bytes of room for this upload's queued frames.
+    room: Arc<Semaphore>,
+    /// The node's room for all uploads' queued frames.
+    shared: TapsBudget,
+    /// Told when a hashing task ends.
+    idle: Notify,
+}
+
+/// A frame waiting to be hashed, with the room it takes (its upload's and
+/// the node's).
+type Queued = (Bytes, OwnedSemaphorePermit, OwnedSemaphorePermit);
+
 #[derive(Default)]
 struct Queue {
-    frames: VecDeque<(Bytes, OwnedSemaphorePermit)>,
+    frames: VecDeque<Queued>,
     /// A task is hashing; it holds `hasher` meanwhile.
     running: bool,
     hasher: Option<Md5>,
 }
 
+impl Default for Md5Tap {
+    fn default() -> Self {
+        Self::new(TapsBudget::default())
+    }
+}
+
 impl Md5Tap {
+    /// A tap whose queued frames count against `shared` too.
+    pub fn new(shared: TapsBudget) -> Self {
+        Md5Tap(Arc::new(Tap {
+            queue: Default::default(),
+            room: Arc::new(Semaphore::new(RUN_AHEAD)),
+            shared,
+            idle: Notify::new(),
+        }))
+    }
+
     async fn feed(&self, bytes: Bytes) {
-        let want = bytes.len().min(RUN_AHEAD) as u32;
-        let room = self
-            .0
-            .room
-            .clone()
-            .acquire_many_owned(want)
+        // Never more than either semaphore holds, so a large frame waits
+        // for room instead of forever.
+        let want = bytes.len().min(RUN_AHEAD).min(self.0.shared.bytes) as u32;
+        let acquire = |s: &Arc<Semaphore>| s.clone().acquire_many_owned(want);
+        let own = acquire(&self.0.room)
+            .await
+            .expect("the semaphore is never closed");
+        let shared = acquire(&self.0.shared.room)
             .await
             .expect("the semaphore is never closed");
         let start = {
             let mut q = self.0.queue.lock().expect("md5 queue poisoned");
-            q.frames.push_back((bytes, room));
+            q.frames.push_back((bytes, own, shared));
             !std::mem::replace(&mut q.running, true)
         };
         if start {
@@ -233,6 +275,33 @@ pub async fn same_bytes(
 mod tests {
     use super::*;
     use crate::reference_md5;
+
+    /// Uploads sharing a node budget smaller than one upload's run-ahead:
+    /// each waits for room the others' hashing frees, none stalls, and
+    /// every digest is its own bytes'.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn taps_sharing_a_small_budget_all_finish() {
+        let budget = TapsBudget::new(100_000);
+        let uploads = (0..6u8).map(|seed| {
+            let tap = Md5Tap::new(budget.clone());
+            async move {
+                let data: Vec<u8> = (0..700_000u32)
+                    .map(|i| (i as u8).wrapping_mul(seed | 1))
+                    .collect();
+                for part in data.chunks(65_536) {
+                    tap.feed(Bytes::copy_from_slice(part)).await;
+                }
+                assert_eq!(tap.digest().await, reference_md5(&data));
+            }
+        });
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            futures_util::future::join_all(uploads),
+        )
+        .await
+        .expect("taps stalled on their shared budget");
+        assert_eq!(budget.room.available_permits(), 100_000, "all room given back");
+    }
 
     /// The node's MD5 (fast-md5's assembly) against the reference, for
     /// every length around the 64-byte block and padding boundaries and

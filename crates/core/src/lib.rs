@@ -127,6 +127,8 @@ pub struct Node {
     owner: String,
     /// Hashes completed objects in the background.
     idle_md5: Arc<idle::IdleHasher>,
+    /// The room all `Content-MD5` taps share.
+    md5_taps: body::TapsBudget,
 }
 
 impl Node {
@@ -150,6 +152,7 @@ impl Node {
             quarantined: Arc::default(),
             owner: format!("node-{:016x}", rand::random::<u64>()),
             idle_md5: Arc::default(),
+            md5_taps: body::TapsBudget::default(),
         }
     }
 

@@ -280,7 +280,7 @@ impl Node {
         claim: Option<ContentMd5>,
         body: ByteStream,
     ) -> Result<Stored, CoreError> {
-        let tap = claim.map(|_| Md5Tap::default());
+        let tap = claim.map(|_| Md5Tap::new(self.md5_taps.clone()));
         let guarded = body::guard(
             body,
             self.cfg.max_chunk,
