@@ -21,6 +21,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as tmpsc, oneshot};
 /// ahead of it).
 const QUEUED_FRAMES: usize = 16;
 
+/// Objects that may wait for their turn: past it, a completed object's MD5
+/// is left to be computed on demand, so that a node whose CPU never idles
+/// does not pile up waiting tasks without bound.
+pub(crate) const MAX_WAITING: usize = 4096;
+
 /// One object to hash: its frames, in order, then its digest back.
 struct Job {
     frames: tmpsc::Receiver<Bytes>,
@@ -34,6 +39,8 @@ pub(crate) struct IdleHasher {
     /// One object at a time: objects completed together wait here, not
     /// with their files open and their frames read ahead.
     turn: std::sync::Arc<Semaphore>,
+    /// Places for objects waiting or being hashed ([`MAX_WAITING`]).
+    places: std::sync::Arc<Semaphore>,
 }
 
 impl Default for IdleHasher {
@@ -41,8 +48,14 @@ impl Default for IdleHasher {
         Self {
             jobs: Default::default(),
             turn: std::sync::Arc::new(Semaphore::new(1)),
+            places: std::sync::Arc::new(Semaphore::new(MAX_WAITING)),
         }
     }
+}
+
+/// An object's place in the hasher's backlog, held until it is hashed.
+pub(crate) struct Place {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Feeds one object's frames to the idle hasher.
@@ -53,6 +66,13 @@ pub(crate) struct Feed {
 }
 
 impl IdleHasher {
+    /// A place in the backlog, or `None` when [`MAX_WAITING`] objects
+    /// already wait.
+    pub(crate) fn reserve(&self) -> Option<Place> {
+        let permit = self.places.clone().try_acquire_owned().ok()?;
+        Some(Place { _permit: permit })
+    }
+
     /// A new object to hash, once the one before it is done; `None` if the
     /// thread could not start.
     pub(crate) async fn begin(&self) -> Option<Feed> {
@@ -160,6 +180,15 @@ mod tests {
         let b = h.begin().await.unwrap();
         b.update(Bytes::from_static(b"x")).await.unwrap();
         assert_eq!(b.finish().await.unwrap(), reference_md5(b"x"));
+    }
+
+    #[test]
+    fn the_backlog_is_bounded() {
+        let h = IdleHasher::default();
+        let places: Vec<Place> = (0..MAX_WAITING).map(|_| h.reserve().unwrap()).collect();
+        assert!(h.reserve().is_none(), "no place past MAX_WAITING");
+        drop(places);
+        assert!(h.reserve().is_some(), "places come back when objects are done");
     }
 
     /// The hasher's own thread, found by name, is in the idle class

@@ -284,9 +284,14 @@ impl Node {
     /// Computes a completed object's MD5 in the background and records it
     /// (if the object still points at this session's blob by then).
     pub(crate) fn spawn_object_md5(&self, session: &Session) {
+        let Some(place) = self.idle_md5.reserve() else {
+            tracing::debug!(ctx = %session.ctx, "MD5 backlog full; the object's MD5 is computed when needed");
+            return;
+        };
         let (blobs, state, idle) = (self.blobs.clone(), self.state.clone(), self.idle_md5.clone());
         let s = session.clone();
         tokio::spawn(async move {
+            let _place = place;
             let result = async {
                 let hashing = Hashing::idle(&idle).await;
                 let md5 = blob_md5(blobs.as_ref(), &s.ctx, s.offset, hashing).await?;
