@@ -199,6 +199,10 @@ mod tests {
         let h = IdleHasher::default();
         let feed = h.begin().await.unwrap();
         feed.update(Bytes::from_static(b"x")).await.unwrap();
+        // Once an object is hashed, the thread has named itself and moved
+        // to its class (both happen in the thread, after its spawn
+        // returns); it then waits for the next object while `h` lives.
+        feed.finish().await.unwrap();
         // Other tests' threads come and go meanwhile: a task gone between
         // the listing and the read is skipped.
         let policies: Vec<i32> = std::fs::read_dir("/proc/self/task")
@@ -215,6 +219,5 @@ mod tests {
             .collect();
         assert!(!policies.is_empty(), "the hasher thread runs");
         assert!(policies.iter().all(|&p| p == libc::SCHED_IDLE), "{policies:?}");
-        feed.finish().await.unwrap();
     }
 }
