@@ -275,6 +275,7 @@ pub async fn same_bytes(
 mod tests {
     use super::*;
     use crate::reference_md5;
+    use upline_storage::conformance::{body, broken_body};
 
     /// Uploads sharing a node budget smaller than one upload's run-ahead:
     /// each waits for room the others' hashing frees, none stalls, and
@@ -325,7 +326,6 @@ mod tests {
             }
         }
     }
-    use upline_storage::conformance::{body, broken_body};
 
     async fn drain(mut s: ByteStream) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();

@@ -35,7 +35,7 @@ struct Job {
 /// The idle-priority hasher; its thread starts on first use and ends when
 /// this is dropped.
 pub(crate) struct IdleHasher {
-    jobs: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<Job>>>,
+    jobs: std::sync::OnceLock<mpsc::Sender<Job>>,
     /// One object at a time: objects completed together wait here, not
     /// with their files open and their frames read ahead.
     turn: std::sync::Arc<Semaphore>,
@@ -77,14 +77,14 @@ impl IdleHasher {
     /// thread could not start.
     pub(crate) async fn begin(&self) -> Option<Feed> {
         let turn = self.turn.clone().acquire_owned().await.ok()?;
-        let jobs = self.jobs.get_or_init(|| std::sync::Mutex::new(start()));
+        let jobs = self.jobs.get_or_init(start);
         let (tx, rx) = tmpsc::channel(QUEUED_FRAMES);
         let (done_tx, done_rx) = oneshot::channel();
         let job = Job {
             frames: rx,
             done: done_tx,
         };
-        jobs.lock().expect("idle hasher poisoned").send(job).ok()?;
+        jobs.send(job).ok()?;
         Some(Feed {
             frames: tx,
             done: done_rx,
