@@ -271,6 +271,17 @@ pub async fn same_bytes(
     Ok(Ok(equal))
 }
 
+/// Whether `incoming` has the MD5 `want` (a replay checked against a
+/// store that keeps MD5s of what it cannot read back). Hashed as it
+/// arrives: at most one chunk, a frame at a time.
+pub async fn same_md5(mut incoming: ByteStream, want: [u8; 16]) -> io::Result<bool> {
+    let mut hasher = Md5::new();
+    while let Some(frame) = incoming.next().await {
+        hasher.update(&frame?);
+    }
+    Ok(hasher.finalize() == want)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,9 @@ impl From<upline_state::StateError> for CoreError {
 
 impl From<upline_storage::StorageError> for CoreError {
     fn from(e: upline_storage::StorageError) -> Self {
-        CoreError::internal(e)
+        match e {
+            upline_storage::StorageError::Limit(why) => CoreError::PolicyLimit(why),
+            e => CoreError::internal(e),
+        }
     }
 }

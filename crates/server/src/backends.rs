@@ -57,8 +57,9 @@ impl StorageBackend {
                 .as_ref()
                 .map(|s| s.0.clone())
                 .or_else(|| std::env::var("AWS_SECRET_ACCESS_KEY").ok());
+            let layout = cfg.s3_layout.parse().map_err(BackendUrlError)?;
             return upline_storage::s3::S3Config::parse(url, access, secret, cfg.s3_part_size)
-                .map(StorageBackend::S3)
+                .map(|c| StorageBackend::S3(upline_storage::s3::S3Config { layout, ..c }))
                 .map_err(BackendUrlError);
         }
         Err(BackendUrlError(format!(

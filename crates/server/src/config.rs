@@ -107,6 +107,9 @@ pub struct ServerConfig {
     pub node_ttl_ms: u64,
     /// S3 part size in bytes (chunks are coalesced into parts this big).
     pub s3_part_size: u64,
+    /// How sessions are laid out on S3: `auto` (one part per chunk where
+    /// the store takes small parts, probed at start), `parts` or `chunks`.
+    pub s3_layout: String,
     /// S3 credentials, when not in `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`.
     pub s3_access_key: Option<String>,
     pub s3_secret_key: Option<Secret>,
@@ -206,6 +209,7 @@ impl Default for ServerConfig {
             heartbeat_ms: 1000,
             node_ttl_ms: 3000,
             s3_part_size: 8 * 1024 * 1024,
+            s3_layout: "auto".into(),
             s3_access_key: None,
             s3_secret_key: None,
             demo: None,

@@ -57,6 +57,10 @@ pub enum StorageError {
     /// The backend failed (disk full, I/O error, unreachable service, ...).
     #[error("storage failed: {0}")]
     Io(#[from] io::Error),
+    /// The write passes a limit of the backend (as the 10,000 parts of an
+    /// S3 multipart upload); retrying it cannot succeed.
+    #[error("{0}")]
+    Limit(String),
 }
 
 fn unsupported(what: &str) -> StorageError {
@@ -88,8 +92,21 @@ pub trait BlobStore: Send + Sync + 'static {
     }
 
     /// Streams `len` bytes from `offset` of a staged or published blob. The
-    /// stream ends early (fewer bytes) when the blob is shorter.
+    /// stream ends early (fewer bytes) when the blob is shorter. Reading a
+    /// staged blob may cost a store more than its bytes (S3 parts of an
+    /// upload in progress must be assembled first): where a digest will
+    /// do, [`BlobStore::stored_md5`] comes first.
     async fn read_at(&self, id: &BlobId, offset: u64, len: u64) -> Result<ByteStream, StorageError>;
+
+    /// The MD5 of the `len` bytes at `offset` of a staged blob, when the
+    /// store has it without reading them: `Some` only if one earlier write
+    /// put exactly these `len` bytes at `offset`. Replays of a chunk are
+    /// checked with it where the bytes cannot be read back; `None` means
+    /// "read them" (the default).
+    async fn stored_md5(&self, id: &BlobId, offset: u64, len: u64) -> Result<Option<[u8; 16]>, StorageError> {
+        let _ = (id, offset, len);
+        Ok(None)
+    }
 
     /// Makes the first `size` bytes of the staged blob its final content
     /// (bytes past `size` are dropped) and moves it out of staging,

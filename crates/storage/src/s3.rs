@@ -1,6 +1,18 @@
 //! S3-compatible [`BlobStore`]: a session is an S3 multipart upload, and
 //! nothing of it lives only on one node.
 //!
+//! Two layouts ([`Layout`]); a node starts new sessions in the one its
+//! configuration (or, for `auto`, a probe of the store at start) picks,
+//! and carries on every session in the layout it was started in, so nodes
+//! configured differently share a bucket.
+//!
+//! **Parts** ([`parts`]), where the store takes parts under 5 MiB (Garage
+//! does, AWS does not): each chunk is uploaded straight as the next part
+//! of the session's multipart upload, and that UploadPart is its
+//! durability point. Every byte is written once, as in a plain multipart
+//! upload. See the module for what it gives up.
+//!
+//! **Chunks** (below), for every S3 store.
 //! Our chunks (at most 4 MiB) are below S3's 5 MiB minimum part, so they
 //! are coalesced into parts of one fixed size (`part_size`, equal parts, so
 //! the 10,000-part limit is reached only past `10,000 × part_size`). Every
@@ -45,8 +57,34 @@ use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 
 use crate::{BlobId, BlobStore, ByteStream, StorageError};
 
+pub mod parts;
+
 /// S3's smallest part (but the last).
 pub const MIN_PART: u64 = 5 * 1024 * 1024;
+
+/// How a node lays out the sessions it starts (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Parts if the store passes the probe at start, else chunks.
+    #[default]
+    Auto,
+    /// One part per chunk; the node does not start if the probe fails.
+    Parts,
+    /// Chunk objects coalesced into parts of `part_size`.
+    Chunks,
+}
+
+impl std::str::FromStr for Layout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "parts" => Ok(Self::Parts),
+            "chunks" => Ok(Self::Chunks),
+            other => Err(format!("s3_layout is auto, parts or chunks, not {other:?}")),
+        }
+    }
+}
 
 /// Where and how to reach the bucket.
 #[derive(Clone, PartialEq, Eq)]
@@ -57,6 +95,7 @@ pub struct S3Config {
     pub access_key: String,
     pub secret_key: String,
     pub part_size: u64,
+    pub layout: Layout,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -66,6 +105,7 @@ impl std::fmt::Debug for S3Config {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("part_size", &self.part_size)
+            .field("layout", &self.layout)
             .finish_non_exhaustive()
     }
 }
@@ -115,6 +155,7 @@ impl S3Config {
             access_key,
             secret_key,
             part_size,
+            layout: Layout::Auto,
         })
     }
 }
@@ -140,6 +181,12 @@ fn percent_decode(s: &str) -> String {
 pub struct S3Store {
     s3: Arc<AmazonS3>,
     part: u64,
+    /// The layout of the sessions this node starts.
+    starts: Layout,
+    /// Requests object_store has no call for (see [`parts`]).
+    raw: Arc<parts::Raw>,
+    /// Chunks per parts-layout upload, at most ([`parts::MAX_PARTS`]).
+    max_parts: usize,
     /// What this node knows of the sessions it writes (see the module doc).
     known: Arc<Mutex<HashMap<String, Known>>>,
     /// Bytes of chunks held in [`Known::tail`]s, all sessions together.
@@ -154,7 +201,13 @@ pub const TAIL_BUDGET: u64 = 64 << 20;
 const KNOWN_MAX: usize = 4096;
 
 /// A session as this node left it after its last chunk.
-struct Known {
+enum Known {
+    Chunks(ChunksKnown),
+    Parts(parts::Session),
+}
+
+/// A chunks-layout session as this node left it after its last chunk.
+struct ChunksKnown {
     staged: Staged,
     /// Where the chain of chunks ends: the next chunk's offset.
     end: u64,
@@ -182,6 +235,7 @@ impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Store")
             .field("part", &self.part)
+            .field("starts", &self.starts)
             .finish_non_exhaustive()
     }
 }
@@ -205,6 +259,26 @@ fn final_key(id: &BlobId) -> Path {
     Path::from(format!("blobs/{}", id.as_str()))
 }
 
+/// The staged blob as segments `(chunk, from, to)`, contiguous from 0:
+/// the bytes `[from, to)` come from the chunk object at offset `chunk`.
+/// Each byte comes from the chunk that starts last at or before it, as in
+/// `gather` (a chunk rewritten inside an assembled one, see `parts`,
+/// overrides it); the blob ends where that chunk does not reach.
+fn chain(chunks: &BTreeMap<u64, u64>) -> Vec<(u64, u64, u64)> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some((&start, &len)) = chunks.range(..=pos).next_back() {
+        if start + len <= pos {
+            break;
+        }
+        let next = chunks.range(pos + 1..).next().map_or(u64::MAX, |(s, _)| *s);
+        let to = (start + len).min(next);
+        out.push((start, pos, to));
+        pos = to;
+    }
+    out
+}
+
 /// What a session has under `staging/<id>/`.
 #[derive(Default)]
 struct Staged {
@@ -213,6 +287,8 @@ struct Staged {
     upload: Option<IdRecord>,
     /// part number → part id.
     parts: BTreeMap<usize, IdRecord>,
+    /// The multipart upload of a parts-layout session.
+    mpu: Option<IdRecord>,
     any: bool,
 }
 
@@ -236,9 +312,12 @@ impl S3Store {
             b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
         }
         let s3 = b.build().map_err(io_err)?;
-        let store = Self {
+        let mut store = Self {
             s3: Arc::new(s3),
             part: cfg.part_size,
+            starts: Layout::Chunks,
+            raw: Arc::new(parts::Raw::new(&cfg)?),
+            max_parts: parts::MAX_PARTS,
             known: Arc::default(),
             held: Arc::default(),
         };
@@ -247,7 +326,39 @@ impl S3Store {
             .list_with_delimiter(Some(&Path::from("staging")))
             .await
             .map_err(io_err)?;
+        store.starts = match cfg.layout {
+            Layout::Chunks => Layout::Chunks,
+            Layout::Parts => {
+                store.probe_parts().await.map_err(|why| {
+                    StorageError::Io(io::Error::other(format!(
+                        "s3_layout = \"parts\" needs a store that takes small parts: {why}"
+                    )))
+                })?;
+                Layout::Parts
+            }
+            Layout::Auto => match store.probe_parts().await {
+                Ok(()) => Layout::Parts,
+                Err(why) => {
+                    tracing::info!(%why, "S3 store takes no small parts: sessions use the chunks layout");
+                    Layout::Chunks
+                }
+            },
+        };
+        tracing::info!(layout = ?store.starts, "S3 store open");
         Ok(store)
+    }
+
+    /// The layout new sessions get on this node (never `Auto`).
+    pub fn layout(&self) -> Layout {
+        self.starts
+    }
+
+    /// Lowers the parts a parts-layout upload may have, so that a test
+    /// reaches the limit without 10,000 requests.
+    #[doc(hidden)]
+    pub fn with_max_parts(mut self, n: usize) -> Self {
+        self.max_parts = n.min(parts::MAX_PARTS);
+        self
     }
 
     async fn staged(&self, id: &BlobId) -> Result<Staged, StorageError> {
@@ -268,7 +379,13 @@ impl S3Store {
                 st.parts.insert(n, IdRecord::Listed(meta.location));
             } else if name == "upload" {
                 st.upload = Some(IdRecord::Listed(meta.location));
+            } else if name == parts::MARKER {
+                st.mpu = Some(IdRecord::Listed(meta.location));
             }
+        }
+        if !st.chunks.is_empty() {
+            // Assembled (see `parts`): a marker beside chunks is a leftover.
+            st.mpu = None;
         }
         Ok(st)
     }
@@ -314,7 +431,10 @@ impl S3Store {
                         id.as_str()
                     )))
                 })?;
-            let end = (start + len).min(to);
+            // Up to the next chunk's start: a later chunk overrides an
+            // earlier one it lies in (an assembled session, see `parts`).
+            let next = chunks.range(at + 1..).next().map_or(u64::MAX, |(s, _)| *s);
+            let end = (start + len).min(to).min(next);
             let range = (at - start) as usize..(end - start) as usize;
             match tail
                 .iter()
@@ -407,6 +527,16 @@ impl S3Store {
         })
     }
 
+    /// Aborts the multipart uploads a session's staging names (one that
+    /// is gone already is fine).
+    async fn abort_uploads(&self, id: &BlobId, st: &Staged) -> Result<(), StorageError> {
+        for record in [&st.upload, &st.mpu].into_iter().flatten() {
+            let u = self.resolve(record).await?;
+            let _ = self.s3.abort_multipart(&final_key(id), &u).await;
+        }
+        Ok(())
+    }
+
     async fn clear_staging(&self, id: &BlobId) -> Result<(), StorageError> {
         let listing = self
             .s3
@@ -420,16 +550,17 @@ impl S3Store {
     }
 }
 
-#[async_trait::async_trait]
-impl BlobStore for S3Store {
-    async fn write_at(&self, id: &BlobId, offset: u64, mut body: ByteStream) -> Result<u64, StorageError> {
-        // Taken out while the chunk is written: a failure leaves nothing
-        // kept, and the next chunk reads the listing.
-        let known = self.forget(id).filter(|k| k.end == offset);
-        let (mut st, mut tail) = match known {
-            Some(k) => (k.staged, k.tail),
-            None => (self.staged(id).await?, Vec::new()),
-        };
+impl S3Store {
+    /// A chunk of a chunks-layout session (module doc), from what this
+    /// node knew of the session (`st`, `tail`) or read from the bucket.
+    async fn write_chunk(
+        &self,
+        id: &BlobId,
+        offset: u64,
+        mut body: ByteStream,
+        mut st: Staged,
+        mut tail: Vec<Held>,
+    ) -> Result<u64, StorageError> {
         if offset > 0 && !st.any {
             return Err(StorageError::NotFound);
         }
@@ -475,22 +606,16 @@ impl BlobStore for S3Store {
         tail.retain(|h| h.held.is_some() && h.offset + h.bytes.len() as u64 > open_from);
         self.remember(
             id,
-            Known {
+            Known::Chunks(ChunksKnown {
                 staged: st,
                 end,
                 tail,
-            },
+            }),
         );
         Ok(len)
     }
 
-    fn abandon(&self, id: &BlobId) {
-        self.forget(id);
-    }
-
-    /// Streams: a published object by ranged GET as the server sends it,
-    /// a staged one chunk object at a time — never the whole range at once.
-    async fn read_at(&self, id: &BlobId, offset: u64, len: u64) -> Result<ByteStream, StorageError> {
+    async fn read_chunks(&self, id: &BlobId, offset: u64, len: u64) -> Result<ByteStream, StorageError> {
         let done = final_key(id);
         match self.s3.head(&done).await {
             Ok(meta) => {
@@ -508,24 +633,26 @@ impl BlobStore for S3Store {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(io_err(e)),
         }
-        let st = self.staged(id).await?;
+        let mut st = self.staged(id).await?;
         if !st.any {
             return Err(StorageError::NotFound);
         }
+        if st.mpu.is_some() {
+            // Readable once assembled (see `parts`), with every part: the
+            // store does not know which of them are committed.
+            let session = self.parts_session(id, &st).await?;
+            self.assemble(id, &session, session.end()).await?;
+            st = self.staged(id).await?;
+        }
         // The pieces of [offset, end) along the contiguous chain of chunks
         // from 0 (a short blob ends early).
-        let mut pieces = Vec::new();
-        let mut start = 0;
         let end = offset.saturating_add(len);
-        while let Some(&n) = st.chunks.get(&start) {
-            if n == 0 || start >= end {
-                break;
-            }
-            let (from, to) = (offset.max(start), end.min(start + n));
+        let mut pieces = Vec::new();
+        for (start, seg_from, seg_to) in chain(&st.chunks) {
+            let (from, to) = (offset.max(seg_from), end.min(seg_to));
             if from < to {
                 pieces.push((chunk_key(id, start), (from - start)..(to - start)));
             }
-            start += n;
         }
         let s3 = self.s3.clone();
         let stream = futures_util::stream::iter(pieces).then(move |(key, range)| {
@@ -533,6 +660,55 @@ impl BlobStore for S3Store {
             async move { s3.get_range(&key, range).await.map_err(io::Error::other) }
         });
         Ok(Box::pin(stream))
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for S3Store {
+    async fn write_at(&self, id: &BlobId, offset: u64, body: ByteStream) -> Result<u64, StorageError> {
+        // Taken out while the chunk is written: a failure leaves nothing
+        // kept, and the next chunk reads the listing. What is kept is used
+        // only when it ends where this chunk starts.
+        match self.forget(id) {
+            Some(Known::Chunks(k)) if k.end == offset => {
+                return self.write_chunk(id, offset, body, k.staged, k.tail).await;
+            }
+            Some(Known::Parts(p)) if p.end() == offset => {
+                return self.write_part(id, offset, body, Some(p)).await;
+            }
+            _ => {}
+        }
+        let st = self.staged(id).await?;
+        if st.mpu.is_some() {
+            let session = self.parts_session(id, &st).await?;
+            return self.write_part(id, offset, body, Some(session)).await;
+        }
+        if !st.any {
+            if offset > 0 {
+                return Err(StorageError::NotFound);
+            }
+            if self.starts == Layout::Parts {
+                return self.write_part(id, offset, body, None).await;
+            }
+        }
+        self.write_chunk(id, offset, body, st, Vec::new()).await
+    }
+
+    fn abandon(&self, id: &BlobId) {
+        self.forget(id);
+    }
+
+    /// Streams: a published object by ranged GET as the server sends it,
+    /// a staged one chunk object at a time — never the whole range at once.
+    /// A parts-layout session is assembled first (see [`parts`]), which
+    /// puts the rest of it in the chunks layout; replays, the read every
+    /// session may need, use [`BlobStore::stored_md5`] instead.
+    async fn read_at(&self, id: &BlobId, offset: u64, len: u64) -> Result<ByteStream, StorageError> {
+        self.read_chunks(id, offset, len).await
+    }
+
+    async fn stored_md5(&self, id: &BlobId, offset: u64, len: u64) -> Result<Option<[u8; 16]>, StorageError> {
+        self.part_md5(id, offset, len).await
     }
 
     async fn publish(&self, id: &BlobId, size: u64) -> Result<(), StorageError> {
@@ -549,6 +725,21 @@ impl BlobStore for S3Store {
         let mut st = self.staged(id).await?;
         if !st.any {
             return Err(StorageError::NotFound);
+        }
+        if st.mpu.is_some() {
+            let session = self.parts_session(id, &st).await?;
+            self.assemble(id, &session, size).await?;
+            st = self.staged(id).await?;
+        }
+        if size > 0 && st.chunks.len() == 1 && st.chunks.get(&0) == Some(&size) {
+            // One chunk object holds the blob (an assembled parts-layout
+            // session, or a one-chunk upload): a server-side copy.
+            self.s3
+                .copy(&chunk_key(id, 0), &final_key(id))
+                .await
+                .map_err(io_err)?;
+            self.abort_uploads(id, &st).await?;
+            return self.clear_staging(id).await;
         }
         let full = size / self.part;
         if full == 0 {
@@ -577,12 +768,16 @@ impl BlobStore for S3Store {
             let count = if size > tail_from { full + 1 } else { full } as usize;
             let mut parts = Vec::with_capacity(count);
             for n in 1..=count {
-                let record = st.parts.get(&n).ok_or_else(|| {
-                    StorageError::Io(io::Error::other(format!(
-                        "part {n} of {} was never uploaded",
-                        id.as_str()
-                    )))
-                })?;
+                if !st.parts.contains_key(&n) {
+                    // A part no chunk filled: the bytes of an assembled
+                    // session (see `parts`), uploaded now.
+                    let from = (n as u64 - 1) * self.part;
+                    let data = self
+                        .gather(id, &st.chunks, &[], from, (from + self.part).min(size))
+                        .await?;
+                    self.put_part(id, &mut st, n, data.freeze()).await?;
+                }
+                let record = &st.parts[&n];
                 parts.push(PartId {
                     content_id: self.resolve(record).await?,
                 });
@@ -599,10 +794,7 @@ impl BlobStore for S3Store {
     async fn delete(&self, id: &BlobId) -> Result<(), StorageError> {
         self.forget(id);
         let st = self.staged(id).await?;
-        if let Some(u) = &st.upload {
-            let u = self.resolve(u).await?;
-            let _ = self.s3.abort_multipart(&final_key(id), &u).await;
-        }
+        self.abort_uploads(id, &st).await?;
         self.clear_staging(id).await?;
         match self.s3.delete(&final_key(id)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -641,15 +833,16 @@ impl BlobStore for S3Store {
         if !st.any {
             return Ok(None);
         }
-        // The contiguous chain of chunks from offset 0.
-        let mut end = 0;
-        while let Some(&n) = st.chunks.get(&end) {
-            if n == 0 {
-                break;
-            }
-            end += n;
+        if st.mpu.is_some() {
+            // An upload gone (aborted, or completed with no final object)
+            // holds nothing: recovery then sees every byte as lost.
+            return Ok(Some(match self.parts_session(id, &st).await {
+                Ok(session) => session.end(),
+                Err(StorageError::NotFound) => 0,
+                Err(e) => return Err(e),
+            }));
         }
-        Ok(Some(end))
+        Ok(Some(chain(&st.chunks).last().map_or(0, |seg| seg.2)))
     }
 
     async fn list_published(&self) -> Result<Vec<(BlobId, u64)>, StorageError> {
@@ -669,6 +862,15 @@ impl BlobStore for S3Store {
         self.forget(id);
         let to = |name: &str| Path::from(format!("quarantine/{}/{name}", id.as_str()));
         let mut moved = false;
+        // A parts-layout upload is readable only once assembled.
+        let st = self.staged(id).await?;
+        if st.mpu.is_some() {
+            match self.parts_session(id, &st).await {
+                Ok(session) => self.assemble(id, &session, session.end()).await?,
+                Err(StorageError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
         match self.s3.copy(&final_key(id), &to("blob")).await {
             Ok(()) => {
                 moved = true;
@@ -699,10 +901,7 @@ impl BlobStore for S3Store {
                 .await
                 .map_err(io_err)?;
             let st = self.staged(id).await?;
-            if let Some(u) = &st.upload {
-                let u = self.resolve(u).await?;
-                let _ = self.s3.abort_multipart(&final_key(id), &u).await;
-            }
+            self.abort_uploads(id, &st).await?;
             self.clear_staging(id).await?;
         }
         Ok(moved)

@@ -163,6 +163,7 @@ impl Garage {
             access_key: self.access_key.clone(),
             secret_key: self.secret_key.clone(),
             part_size: crate::s3::MIN_PART,
+            layout: crate::s3::Layout::Auto,
         }
     }
 
