@@ -11,12 +11,13 @@ limit; /lbs is measured on `upline serve --role lbs` over a PostgreSQL
 registry, as deployed, and on an upload node), and the peers @tus/server (npm, `bench/tus-node`) and rustus, in
 its default and --force-fsync modes (`cargo install rustus --locked`).
 
-Also upline on S3 (Garage, started by `upline-bench garage`) against a
-plain multipart upload of the same bytes with the same part size, and
-upline's start-up time and idle RSS. Ends with issue 6's targets, met or
-missed, from the steady-state medians.
+Also upline on S3 (Garage, started by `upline-bench garage`), in both
+layouts, against a plain multipart upload of the same bytes with each
+layout's part size (4 MiB, the chunks, for the parts layout; 8 MiB for the
+chunks layout), and upline's start-up time and idle RSS. Ends with issue
+6's targets, met or missed, from the steady-state medians.
 
-Usage: python3 bench/run.py [--runs 5] [--size 1GiB] [--no-s3]
+Usage: python3 bench/run.py [--runs 5] [--size 1GiB] [--no-s3] [--only s3]
 """
 import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -320,9 +321,10 @@ def s3_series(a, add):
     with Garage() as g:
         with Upline("--storage", g.storage_url(), env=g.env) as u:
             add(S3_UPLINE, u.bench("single", "--size", a.s3_size)["mib_per_s"])
-        add(S3_PLAIN, g.plain(a.s3_size, "8MiB")["mib_per_s"])
+        add(S3_PLAIN4, g.plain(a.s3_size, "4MiB")["mib_per_s"])
         with Upline("--storage", g.storage_url(), env=dict(g.env, UPLINE_S3_LAYOUT="chunks")) as u:
             add(S3_CHUNKS, u.bench("single", "--size", a.s3_size)["mib_per_s"])
+        add(S3_PLAIN, g.plain(a.s3_size, "8MiB")["mib_per_s"])
 
 
 SINGLE = "single, upline (fsync every chunk)"
@@ -343,6 +345,7 @@ CONC_RSS = "concurrent, upline peak RSS MiB"
 S3_UPLINE = "S3 (Garage), upline 4 MiB chunks, one part each (auto: parts layout)"
 S3_CHUNKS = "S3 (Garage), upline 4 MiB chunks, 8 MiB parts (chunks layout)"
 S3_PLAIN = "S3 (Garage), plain multipart, 8 MiB parts"
+S3_PLAIN4 = "S3 (Garage), plain multipart, 4 MiB parts"
 
 
 def targets(rows):
@@ -350,8 +353,12 @@ def targets(rows):
     m = {k: statistics.median(v) for k, v in rows.items()}
     s3_checks = []
     if S3_UPLINE in m:
-        s3_checks = [("S3 vs plain multipart", m[S3_UPLINE] / m[S3_PLAIN], ">=", 0.7),
-                     ("(S3, chunks layout, vs plain multipart)", m[S3_CHUNKS] / m[S3_PLAIN], ">=", 0.7)]
+        # The parts layout's parts are the 4 MiB chunks, the chunks layout's 8 MiB: each is held
+        # against a plain upload with its own part size, and the parts layout against 8 MiB too.
+        s3_checks = [("S3 vs plain multipart, same part size (4 MiB)", m[S3_UPLINE] / m[S3_PLAIN4], ">=", 0.7),
+                     ("(S3 vs plain multipart with 8 MiB parts)", m[S3_UPLINE] / m[S3_PLAIN], ">=", 0.7),
+                     ("(S3, chunks layout, vs plain multipart, 8 MiB parts)", m[S3_CHUNKS] / m[S3_PLAIN],
+                      ">=", 0.7)]
     if SINGLE not in m:
         checks = s3_checks
     else:

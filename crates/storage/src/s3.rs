@@ -203,7 +203,7 @@ const KNOWN_MAX: usize = 4096;
 /// A session as this node left it after its last chunk.
 enum Known {
     Chunks(ChunksKnown),
-    Parts(parts::Session),
+    Parts(parts::Tip),
 }
 
 /// A chunks-layout session as this node left it after its last chunk.
@@ -673,15 +673,15 @@ impl BlobStore for S3Store {
             Some(Known::Chunks(k)) if k.end == offset => {
                 return self.write_chunk(id, offset, body, k.staged, k.tail).await;
             }
-            Some(Known::Parts(p)) if p.end() == offset => {
-                return self.write_part(id, offset, body, Some(p)).await;
+            Some(Known::Parts(t)) if t.end == offset => {
+                return self.write_part(id, offset, body, Some(t)).await;
             }
             _ => {}
         }
         let st = self.staged(id).await?;
         if st.mpu.is_some() {
-            let session = self.parts_session(id, &st).await?;
-            return self.write_part(id, offset, body, Some(session)).await;
+            let tip = self.parts_session(id, &st).await?.tip_at(id, offset)?;
+            return self.write_part(id, offset, body, Some(tip)).await;
         }
         if !st.any {
             if offset > 0 {

@@ -56,11 +56,21 @@ pub(super) const MARKER: &str = "mpu";
 /// S3's last part number.
 pub const MAX_PARTS: usize = 10_000;
 
-/// What a node knows of a parts-layout session: its upload and the parts
-/// contiguous from part 1 (`parts[i]` is part `i + 1`).
+/// A parts-layout session as listed: its upload and the parts contiguous
+/// from part 1 (`parts[i]` is part `i + 1`).
 pub(super) struct Session {
     upload: String,
     parts: Vec<Part>,
+}
+
+/// Where a parts-layout session's next chunk goes: all a node keeps of it
+/// between chunks (a few dozen bytes, whatever the number of parts).
+pub(super) struct Tip {
+    upload: String,
+    /// The index of the next part (its number less one).
+    next: usize,
+    /// Where the parts end: the next chunk's offset.
+    pub(super) end: u64,
 }
 
 struct Part {
@@ -71,9 +81,31 @@ struct Part {
 }
 
 impl Session {
-    /// Where the parts end: the next chunk's offset.
+    /// Where the parts end.
     pub(super) fn end(&self) -> u64 {
         self.parts.last().map_or(0, |p| p.start + p.len)
+    }
+
+    /// Where a chunk at `offset` goes: the part that starts there (a
+    /// rewrite) or the next one; an offset inside a part is an error (the
+    /// committed offset is always where a part ends).
+    pub(super) fn tip_at(self, id: &BlobId, offset: u64) -> Result<Tip, StorageError> {
+        let end = self.end();
+        let next = match self.parts.iter().position(|p| p.start == offset) {
+            Some(i) => i,
+            None if offset == end => self.parts.len(),
+            None => {
+                return Err(StorageError::Io(io::Error::other(format!(
+                    "offset {offset} of {} is not where one of its parts starts or its parts end ({end})",
+                    id.as_str()
+                ))));
+            }
+        };
+        Ok(Tip {
+            upload: self.upload,
+            next,
+            end: offset,
+        })
     }
 }
 
@@ -192,35 +224,18 @@ impl S3Store {
         Ok(Session { upload, parts })
     }
 
-    /// A chunk of a parts-layout session (`None`: a session to start).
+    /// A chunk of a parts-layout session at `tip` (`None`: a session to
+    /// start).
     pub(super) async fn write_part(
         &self,
         id: &BlobId,
         offset: u64,
         mut body: ByteStream,
-        session: Option<Session>,
+        tip: Option<Tip>,
     ) -> Result<u64, StorageError> {
-        let (mut session, new) = match session {
-            Some(s) => (s, false),
-            None => (
-                Session {
-                    upload: String::new(),
-                    parts: Vec::new(),
-                },
-                true,
-            ),
-        };
-        // The part that starts at `offset` (a rewrite) or the next one.
-        let index = match session.parts.iter().position(|p| p.start == offset) {
-            Some(i) => i,
-            None if offset == session.end() => session.parts.len(),
-            None => {
-                return Err(StorageError::Io(io::Error::other(format!(
-                    "offset {offset} of {} is not where one of its parts starts or its parts end ({})",
-                    id.as_str(),
-                    session.end()
-                ))));
-            }
+        let (mut upload, index, new) = match tip {
+            Some(t) => (t.upload, t.next, false),
+            None => (String::new(), 0, true),
         };
         if index >= self.max_parts {
             return Err(StorageError::Limit(format!(
@@ -238,14 +253,14 @@ impl S3Store {
         let len = chunk.len() as u64;
         let key = chunk_key(id, 0);
         if new {
-            session.upload = self.s3.create_multipart(&key).await.map_err(io_err)?;
+            upload = self.s3.create_multipart(&key).await.map_err(io_err)?;
         }
         // The marker (a new session's) and the part go up together; the
         // chunk is acknowledged when both are there.
         let marker = async {
             if new {
                 self.s3
-                    .put(&marker_key(id), PutPayload::from(session.upload.clone()))
+                    .put(&marker_key(id), PutPayload::from(upload.clone()))
                     .await
                     .map_err(io_err)?;
             }
@@ -254,25 +269,20 @@ impl S3Store {
         let part = async {
             if len == 0 {
                 // An empty chunk adds no part (S3 has no use for one).
-                return Ok(None);
+                return Ok(());
             }
             self.s3
-                .put_part(&key, &session.upload, index, PutPayload::from(chunk))
+                .put_part(&key, &upload, index, PutPayload::from(chunk))
                 .await
-                .map(Some)
+                .map(|_| ())
                 .map_err(io_err)
         };
         let (marker, part) = tokio::join!(marker, part);
         marker?;
-        if let Some(PartId { content_id }) = part? {
-            session.parts.truncate(index);
-            session.parts.push(Part {
-                start: offset,
-                len,
-                etag: content_id,
-            });
-        }
-        self.remember(id, Known::Parts(session));
+        part?;
+        let next = if len == 0 { index } else { index + 1 };
+        let end = offset + len;
+        self.remember(id, Known::Parts(Tip { upload, next, end }));
         Ok(len)
     }
 
