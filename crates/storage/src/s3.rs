@@ -528,11 +528,15 @@ impl S3Store {
     }
 
     /// Aborts the multipart uploads a session's staging names (one that
-    /// is gone already is fine).
+    /// is gone already is fine): the chunks layout's, for `blobs/<id>`,
+    /// and the parts layout's, for the chunk object at 0 (see `parts`).
     async fn abort_uploads(&self, id: &BlobId, st: &Staged) -> Result<(), StorageError> {
-        for record in [&st.upload, &st.mpu].into_iter().flatten() {
-            let u = self.resolve(record).await?;
-            let _ = self.s3.abort_multipart(&final_key(id), &u).await;
+        let uploads = [(&st.upload, final_key(id)), (&st.mpu, chunk_key(id, 0))];
+        for (record, key) in uploads {
+            if let Some(record) = record {
+                let u = self.resolve(record).await?;
+                let _ = self.s3.abort_multipart(&key, &u).await;
+            }
         }
         Ok(())
     }

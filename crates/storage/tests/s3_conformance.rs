@@ -376,3 +376,32 @@ async fn a_chunk_past_the_part_limit_is_refused() {
     want.extend([7u8; 5]);
     assert_eq!(read(&store, &id, 0, 100).await, want);
 }
+
+/// Deleting a parts-layout session aborts its multipart upload: its parts
+/// are nowhere under `staging/`, so nothing else would ever free them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_parts_session_aborts_its_upload() {
+    use object_store::multipart::MultipartStore;
+    let garage = Garage::start();
+    let mut cfg = garage.bucket("aborted");
+    cfg.layout = Layout::Parts;
+    let store = S3Store::open(cfg.clone()).await.unwrap();
+    let s3 = raw(&cfg);
+    let id = BlobId::new("session-p5").unwrap();
+    store
+        .write_at(&id, 0, body(vec![pattern(1 << 20, 2)]))
+        .await
+        .unwrap();
+    let marker = object_store::path::Path::from("staging/session-p5/mpu");
+    let upload = String::from_utf8(s3.get(&marker).await.unwrap().bytes().await.unwrap().to_vec()).unwrap();
+    let key = object_store::path::Path::from(format!("staging/session-p5/c{:020}", 0));
+    // The upload takes parts until the session is deleted...
+    s3.put_part(&key, &upload, 1, b"more".to_vec().into())
+        .await
+        .unwrap();
+    store.delete(&id).await.unwrap();
+    assert!(staged_names(&s3, "session-p5").await.is_empty());
+    // ...and none after: it was aborted, not just forgotten.
+    let gone = s3.put_part(&key, &upload, 2, b"late".to_vec().into()).await;
+    assert!(gone.is_err(), "the multipart upload outlived its session");
+}

@@ -39,6 +39,13 @@ pub struct NodeProc {
 }
 
 impl NodeSpec {
+    /// Sets (or replaces) one variable of the node's environment, for its
+    /// next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.envs.retain(|(k, _)| k != key);
+        self.envs.push((key.to_owned(), value.to_owned()));
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args([
@@ -53,7 +60,10 @@ impl NodeSpec {
         .env("UPLINE_ACCESS_KEY", ACCESS_KEY)
         .env("UPLINE_SECRET_KEY", SECRET_KEY)
         // Recovery's own lines are counted; per-chunk lines are noise.
-        .env("RUST_LOG", "warn,upline_core=info,upline_server::app=info")
+        .env(
+            "RUST_LOG",
+            "warn,upline_core=info,upline_server::app=info,upline_storage=info",
+        )
         // One client address asks for every resume point at once after
         // each restart: the per-address query limit is not under test.
         .env("UPLINE_QUERY_RATE_PER_IP", "0")

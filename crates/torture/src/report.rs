@@ -49,6 +49,9 @@ pub struct Report {
     /// Published bytes of replaced objects that a crash kept from being
     /// deleted, deleted by the scrub after start.
     pub unreferenced_deleted_at_start: u64,
+    /// Node starts on S3 by the layout their new sessions got.
+    pub starts_in_parts_layout: u64,
+    pub starts_in_chunks_layout: u64,
     pub violations: Vec<String>,
 }
 
@@ -66,7 +69,7 @@ impl Report {
              uploads: {us} started, {uc} completed ({ow} overwrites); chunks: {cs} sent, {ca} acknowledged, {al} answers lost, {a5} 5xx, {a4} 400; \
              {ba} bytes acknowledged; verified {ov} objects, {bv} bytes; {sc} resume points checked ({ic} in-flight chunks found committed, {inc} not), \
              {sco} sessions continued after restarts, {sic} stored items checked for leaks; recovery finished {pf} publications and deleted {od} orphans, the scrub {ud} unreferenced objects; \
-             violations: {v}",
+             S3 layouts: {lp} starts in parts, {lc} in chunks; violations: {v}",
             backend = self.backend,
             rounds = self.rounds,
             secs = self.seconds,
@@ -95,6 +98,8 @@ impl Report {
             pf = self.publications_finished_at_start,
             od = self.orphans_deleted_at_start,
             ud = self.unreferenced_deleted_at_start,
+            lp = self.starts_in_parts_layout,
+            lc = self.starts_in_chunks_layout,
             v = self.violations.len(),
         )
     }

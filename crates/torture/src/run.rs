@@ -316,7 +316,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&cfg.work_dir)?;
     let data_dir = cfg.work_dir.join("data");
     let services = Services::start(cfg.backend, &data_dir).await?;
-    let spec = NodeSpec {
+    let mut spec = NodeSpec {
         bin: cfg.bin.clone(),
         data_dir: data_dir.clone(),
         envs: services.node_envs(),
@@ -354,6 +354,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         report.node_kills += 1;
         report.rounds = round + 1;
         services.restart_s3().await?;
+        if cfg.backend == Backend::S3Pg {
+            // Each start picks an S3 layout for the sessions it starts and
+            // carries on the others' in theirs: nodes set differently on
+            // one bucket, one after the other.
+            let layout = if rng.random_bool(0.5) { "parts" } else { "chunks" };
+            spec.set_env("UPLINE_S3_LAYOUT", layout);
+        }
         if rng.random_bool(cfg.early_kill) {
             spec.start_and_kill(Duration::from_millis(rng.random_range(0..60)))?;
             report.early_kills += 1;
@@ -422,6 +429,8 @@ fn start_node(spec: &NodeSpec, report: &mut Report) -> anyhow::Result<NodeProc> 
     report.publications_finished_at_start += node.count("finishing an interrupted publication") as u64;
     report.orphans_deleted_at_start += node.count("deleting staged bytes of no session") as u64;
     report.unreferenced_deleted_at_start += node.count("deleting published bytes no object points at") as u64;
+    report.starts_in_parts_layout += node.count("S3 store open layout=Parts") as u64;
+    report.starts_in_chunks_layout += node.count("S3 store open layout=Chunks") as u64;
     for line in node.lines.lock().expect("log lines").iter() {
         if line.contains("quarantined") && !line.contains("scrub of published objects done")
             || line.contains("scrub of published objects failed")
