@@ -39,6 +39,14 @@ async fn two_nodes(garage: &Garage, bucket: &str, layout: Layout) -> (S3Store, S
     )
 }
 
+/// A store in the parts layout on a new bucket, and that bucket as a plain
+/// client sees it.
+async fn parts_store(garage: &Garage, bucket: &str) -> (S3Store, object_store::aws::AmazonS3) {
+    let mut cfg = garage.bucket(bucket);
+    cfg.layout = Layout::Parts;
+    (S3Store::open(cfg.clone()).await.unwrap(), raw(&cfg))
+}
+
 /// The bucket as a plain client sees it.
 fn raw(cfg: &S3Config) -> object_store::aws::AmazonS3 {
     object_store::aws::AmazonS3Builder::new()
@@ -325,10 +333,7 @@ async fn a_read_assembles_and_the_session_carries_on_in_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_marker_left_beside_an_assembled_session_is_ignored() {
     let garage = Garage::start();
-    let mut cfg = garage.bucket("leftover");
-    cfg.layout = Layout::Parts;
-    let store = S3Store::open(cfg.clone()).await.unwrap();
-    let s3 = raw(&cfg);
+    let (store, s3) = parts_store(&garage, "leftover").await;
     let id = BlobId::new("session-p3").unwrap();
     let data = pattern(3 << 20, 6);
     store.write_at(&id, 0, body(vec![data.clone()])).await.unwrap();
@@ -353,9 +358,7 @@ async fn a_marker_left_beside_an_assembled_session_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_past_the_part_limit_is_refused() {
     let garage = Garage::start();
-    let mut cfg = garage.bucket("limit");
-    cfg.layout = Layout::Parts;
-    let store = S3Store::open(cfg).await.unwrap().with_max_parts(3);
+    let store = parts_store(&garage, "limit").await.0.with_max_parts(3);
     let id = BlobId::new("session-p4").unwrap();
     for i in 0..3u64 {
         store
@@ -383,10 +386,7 @@ async fn a_chunk_past_the_part_limit_is_refused() {
 async fn deleting_a_parts_session_aborts_its_upload() {
     use object_store::multipart::MultipartStore;
     let garage = Garage::start();
-    let mut cfg = garage.bucket("aborted");
-    cfg.layout = Layout::Parts;
-    let store = S3Store::open(cfg.clone()).await.unwrap();
-    let s3 = raw(&cfg);
+    let (store, s3) = parts_store(&garage, "aborted").await;
     let id = BlobId::new("session-p5").unwrap();
     store
         .write_at(&id, 0, body(vec![pattern(1 << 20, 2)]))
