@@ -14,7 +14,7 @@
 //!
 //! What it needs of the store, checked by a probe at start
 //! ([`S3Store::probe_parts`]): parts under 5 MiB accepted at completion
-//! (AWS and MinIO refuse them), a part's ETag equal to the MD5 of its
+//! (AWS refuses them), a part's ETag equal to the MD5 of its
 //! bytes, and ListParts.
 //!
 //! What it gives up:
