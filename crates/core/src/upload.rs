@@ -226,9 +226,10 @@ impl Node {
         );
         // A store that cannot read the chunk back (S3 parts of an upload
         // in progress) has its MD5: the replay's MD5 is compared with it.
-        let same = match self.blobs.stored_md5(&blob_id(ctx)?, offset, len).await {
+        let id = blob_id(ctx)?;
+        let same = match self.blobs.stored_md5(&id, offset, len).await {
             Ok(Some(md5)) => body::same_md5(incoming, md5).await.map(Ok),
-            Ok(None) => match self.blobs.read_at(&blob_id(ctx)?, offset, len).await {
+            Ok(None) => match self.blobs.read_at(&id, offset, len).await {
                 Ok(stored) => body::same_bytes(incoming, stored).await,
                 Err(StorageError::NotFound) => return Err(refusal),
                 Err(e) => return Err(CoreError::internal(e)),
@@ -244,7 +245,6 @@ impl Node {
                 // The final chunk again: make sure it is published (a crash
                 // may have come between commit and publication), then run
                 // the callback again — this is how a 520 is retried.
-                let id = blob_id(ctx)?;
                 self.blobs
                     .publish(&id, session.offset)
                     .await

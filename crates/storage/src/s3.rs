@@ -259,24 +259,45 @@ fn final_key(id: &BlobId) -> Path {
     Path::from(format!("blobs/{}", id.as_str()))
 }
 
-/// The staged blob as segments `(chunk, from, to)`, contiguous from 0:
-/// the bytes `[from, to)` come from the chunk object at offset `chunk`.
-/// Each byte comes from the chunk that starts last at or before it, as in
-/// `gather` (a chunk rewritten inside an assembled one, see `parts`,
-/// overrides it); the blob ends where that chunk does not reach.
-fn chain(chunks: &BTreeMap<u64, u64>) -> Vec<(u64, u64, u64)> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while let Some((&start, &len)) = chunks.range(..=pos).next_back() {
-        if start + len <= pos {
-            break;
+/// The bytes `[from, to)` of a staged blob, which come from the chunk
+/// object at offset `chunk` (`chunk_len` bytes long).
+struct Segment {
+    chunk: u64,
+    chunk_len: u64,
+    from: u64,
+    to: u64,
+}
+
+/// The staged blob from `pos` on, as contiguous segments of its chunk
+/// objects (`chunks`: offset → length). Each byte comes from the chunk
+/// that starts last at or before it, so a chunk rewritten inside an
+/// assembled one (see `parts`) overrides it; the blob ends where that
+/// chunk does not reach. The one rule for reads, sizes and parts.
+fn segments(chunks: &BTreeMap<u64, u64>, mut pos: u64) -> impl Iterator<Item = Segment> + '_ {
+    std::iter::from_fn(move || {
+        let (&chunk, &chunk_len) = chunks.range(..=pos).next_back()?;
+        if chunk + chunk_len <= pos {
+            return None;
         }
         let next = chunks.range(pos + 1..).next().map_or(u64::MAX, |(s, _)| *s);
-        let to = (start + len).min(next);
-        out.push((start, pos, to));
-        pos = to;
+        let seg = Segment {
+            chunk,
+            chunk_len,
+            from: pos,
+            to: (chunk + chunk_len).min(next),
+        };
+        pos = seg.to;
+        Some(seg)
+    })
+}
+
+/// A request body of at most one chunk (the caller bounds it), in memory.
+async fn read_chunk(mut body: ByteStream) -> Result<Bytes, StorageError> {
+    let mut chunk = BytesMut::new();
+    while let Some(frame) = body.next().await {
+        chunk.extend_from_slice(&frame.map_err(StorageError::Body)?);
     }
-    out
+    Ok(chunk.freeze())
 }
 
 /// What a session has under `staging/<id>/`.
@@ -419,38 +440,33 @@ impl S3Store {
     ) -> Result<BytesMut, StorageError> {
         let mut out = BytesMut::with_capacity((to - from) as usize);
         let mut at = from;
-        while at < to {
-            // The chunk that holds `at`: the last one starting at or before it.
-            let (&start, &len) = chunks
-                .range(..=at)
-                .next_back()
-                .filter(|(s, l)| at < *s + *l)
-                .ok_or_else(|| {
-                    StorageError::Io(io::Error::other(format!(
-                        "staged bytes at {at} of {} are missing",
-                        id.as_str()
-                    )))
-                })?;
-            // Up to the next chunk's start: a later chunk overrides an
-            // earlier one it lies in (an assembled session, see `parts`).
-            let next = chunks.range(at + 1..).next().map_or(u64::MAX, |(s, _)| *s);
-            let end = (start + len).min(to).min(next);
-            let range = (at - start) as usize..(end - start) as usize;
+        for seg in segments(chunks, from) {
+            if at >= to {
+                break;
+            }
+            let end = seg.to.min(to);
+            let range = (at - seg.chunk) as usize..(end - seg.chunk) as usize;
             match tail
                 .iter()
-                .find(|h| h.offset == start && h.bytes.len() as u64 == len)
+                .find(|h| h.offset == seg.chunk && h.bytes.len() as u64 == seg.chunk_len)
             {
                 Some(h) => out.extend_from_slice(&h.bytes[range]),
                 None => {
                     let bytes = self
                         .s3
-                        .get_range(&chunk_key(id, start), range.start as u64..range.end as u64)
+                        .get_range(&chunk_key(id, seg.chunk), range.start as u64..range.end as u64)
                         .await
                         .map_err(io_err)?;
                     out.extend_from_slice(&bytes);
                 }
             }
             at = end;
+        }
+        if at < to {
+            return Err(StorageError::Io(io::Error::other(format!(
+                "staged bytes at {at} of {} are missing",
+                id.as_str()
+            ))));
         }
         Ok(out)
     }
@@ -561,19 +577,14 @@ impl S3Store {
         &self,
         id: &BlobId,
         offset: u64,
-        mut body: ByteStream,
+        body: ByteStream,
         mut st: Staged,
         mut tail: Vec<Held>,
     ) -> Result<u64, StorageError> {
         if offset > 0 && !st.any {
             return Err(StorageError::NotFound);
         }
-        // The request body is at most one chunk (the caller bounds it).
-        let mut chunk = BytesMut::new();
-        while let Some(frame) = body.next().await {
-            chunk.extend_from_slice(&frame.map_err(StorageError::Body)?);
-        }
-        let chunk = chunk.freeze();
+        let chunk = read_chunk(body).await?;
         let len = chunk.len() as u64;
         st.chunks.insert(offset, len);
         st.any = true;
@@ -652,10 +663,10 @@ impl S3Store {
         // from 0 (a short blob ends early).
         let end = offset.saturating_add(len);
         let mut pieces = Vec::new();
-        for (start, seg_from, seg_to) in chain(&st.chunks) {
-            let (from, to) = (offset.max(seg_from), end.min(seg_to));
+        for seg in segments(&st.chunks, 0).take_while(|seg| seg.from < end) {
+            let (from, to) = (offset.max(seg.from), end.min(seg.to));
             if from < to {
-                pieces.push((chunk_key(id, start), (from - start)..(to - start)));
+                pieces.push((chunk_key(id, seg.chunk), (from - seg.chunk)..(to - seg.chunk)));
             }
         }
         let s3 = self.s3.clone();
@@ -846,7 +857,7 @@ impl BlobStore for S3Store {
                 Err(e) => return Err(e),
             }));
         }
-        Ok(Some(chain(&st.chunks).last().map_or(0, |seg| seg.2)))
+        Ok(Some(segments(&st.chunks, 0).last().map_or(0, |seg| seg.to)))
     }
 
     async fn list_published(&self) -> Result<Vec<(BlobId, u64)>, StorageError> {

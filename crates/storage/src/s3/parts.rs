@@ -40,14 +40,13 @@
 use std::io;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use rusty_s3::S3Action;
 
-use super::{Known, S3Config, S3Store, Staged, chunk_key, io_err};
+use super::{Known, S3Config, S3Store, Staged, chunk_key, io_err, read_chunk};
 use crate::{BlobId, ByteStream, StorageError};
 
 /// The name of a parts-layout session's marker under `staging/<id>/`.
@@ -189,14 +188,8 @@ fn marker_key(id: &BlobId) -> Path {
 
 /// The MD5 an ETag stands for (the probe checked that it does).
 fn etag_md5(etag: &str) -> Option<[u8; 16]> {
-    let hex = etag.trim_matches('"');
-    if hex.len() != 32 {
-        return None;
-    }
     let mut out = [0u8; 16];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(etag.trim_matches('"'), &mut out).ok()?;
     Some(out)
 }
 
@@ -208,20 +201,22 @@ impl S3Store {
         };
         let upload = self.resolve(marker).await?;
         let listed = self.raw.list_parts(&chunk_key(id, 0), &upload).await?;
-        let mut parts: Vec<Part> = Vec::with_capacity(listed.len());
+        let mut session = Session {
+            upload,
+            parts: Vec::with_capacity(listed.len()),
+        };
         for (number, size, etag) in listed {
             // Contiguous from part 1: a gap ends what the parts hold.
-            if usize::from(number) != parts.len() + 1 {
+            if usize::from(number) != session.parts.len() + 1 {
                 break;
             }
-            let start = parts.last().map_or(0, |p| p.start + p.len);
-            parts.push(Part {
-                start,
+            session.parts.push(Part {
+                start: session.end(),
                 len: size,
                 etag,
             });
         }
-        Ok(Session { upload, parts })
+        Ok(session)
     }
 
     /// A chunk of a parts-layout session at `tip` (`None`: a session to
@@ -230,7 +225,7 @@ impl S3Store {
         &self,
         id: &BlobId,
         offset: u64,
-        mut body: ByteStream,
+        body: ByteStream,
         tip: Option<Tip>,
     ) -> Result<u64, StorageError> {
         let (mut upload, index, new) = match tip {
@@ -244,12 +239,7 @@ impl S3Store {
                 self.max_parts
             )));
         }
-        // The request body is at most one chunk (the caller bounds it).
-        let mut chunk = BytesMut::new();
-        while let Some(frame) = body.next().await {
-            chunk.extend_from_slice(&frame.map_err(StorageError::Body)?);
-        }
-        let chunk = chunk.freeze();
+        let chunk = read_chunk(body).await?;
         let len = chunk.len() as u64;
         let key = chunk_key(id, 0);
         if new {
