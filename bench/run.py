@@ -4,7 +4,8 @@
 Runs each scenario against each contender, alternating A B A B, RUNS times,
 and prints medians and min-max as a Markdown table. Contenders so far:
 upline (release build, embedded default), the disk's limit (dd with a sync
-every 4 MiB), one core's MD5 speed (openssl, and fast-md5, the node's
+every 4 MiB), the stop-and-wait limit (`upline-bench bare-server`: the least a
+durable tus server does, with and without MD5, and dropping the bytes), one core's MD5 speed (openssl, and fast-md5, the node's
 own), and nginx reading and
 discarding 4 MiB bodies / answering /lbs with a fixed body (loopback
 limit; /lbs is measured on `upline serve --role lbs` over a PostgreSQL
@@ -224,6 +225,29 @@ class TusNode:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class Bare:
+    """`upline-bench bare-server`: the least a durable tus server does (1 MiB O_DIRECT writes while the
+    body arrives, fdatasync, 204; nothing else), the stop-and-wait limit of this machine; `--no-write`
+    drops the bytes, `--md5` hashes them on a thread of their own."""
+
+    def __init__(self, *flags):
+        self.flags = list(flags)
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(prefix="bare-bench-", dir=os.path.join(ROOT, "target"))
+        self.proc = subprocess.Popen([os.path.join(BIN, "upline-bench"), "bare-server", "--dir", self.dir,
+                                      *self.flags], stdout=subprocess.PIPE, text=True)
+        self.port = int(self.proc.stdout.readline())
+        return self
+
+    bench = TusNode.bench
+
+    def __exit__(self, *a):
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Rustus:
     """rustus 0.5.x with file storage, bodies up to 4 MiB; `fsync` adds
     --force-fsync (its fsync-every-chunk mode). Installed with cargo
@@ -288,6 +312,10 @@ def series(a, size_mib, rows):
         add(STARTUP, u.startup_ms)
         add(IDLE_RSS, u.idle_rss_mib)
     add(DD_DIRECT, dd(size_mib, "direct,dsync"))
+    with Bare() as b:
+        add(BARE, b.bench("single", "--size", a.size)["mib_per_s"])
+    with Bare("--no-write") as b:
+        add(BARE_DROP, b.bench("single", "--size", a.size)["mib_per_s"])
     add(DD_CACHE, dd(size_mib, "dsync"))
     with TusNode() as t:
         add("single, @tus/server file-store", t.bench("single", "--size", a.size)["mib_per_s"])
@@ -297,6 +325,10 @@ def series(a, size_mib, rows):
     with Upline() as u:
         add(SINGLE_MD5, u.bench("single", "--size", a.size, "--md5")["mib_per_s"])
     add(MD5, md5_core())
+    with Bare("--md5") as b:
+        add(BARE_MD5, b.bench("single", "--size", a.size)["mib_per_s"])
+    with Bare("--md5", "--no-write") as b:
+        add(BARE_MD5_DROP, b.bench("single", "--size", a.size)["mib_per_s"])
     add(MD5_NODE, json.loads(sh(f"{os.path.join(BIN, 'upline-bench')} md5-speed"))["mib_per_s"])
     with Nginx() as n:
         add("single, nginx discarding (loopback)", n.bench("single", "--size", a.size)["mib_per_s"])
@@ -332,6 +364,10 @@ SINGLE_MD5 = "single + Content-MD5, upline"
 STARTUP = "upline start to first answer, ms"
 IDLE_RSS = "upline idle RSS, MiB"
 DD_DIRECT = "single, dd oflag=direct, sync every 4 MiB"
+BARE = "single, bare durable tus server (the stop-and-wait limit)"
+BARE_DROP = "single, bare tus server dropping the bytes (loopback + HTTP)"
+BARE_MD5 = "single + MD5 on its own thread, bare durable tus server"
+BARE_MD5_DROP = "single + MD5 on its own thread, bare tus server dropping the bytes"
 DD_CACHE = "single, dd through the page cache, sync every 4 MiB"
 MD5 = "MD5, one core (openssl)"
 MD5_NODE = "MD5, one core (fast-md5, the node's)"
@@ -366,9 +402,14 @@ def targets(rows):
             ("single vs rustus --force-fsync", m[SINGLE] / m["single, rustus --force-fsync"], ">=", 1.5),
             ("single vs rustus (no fsync)", m[SINGLE] / m["single, rustus"], ">=", 1.0),
             ("single vs dd direct, sync every 4 MiB", m[SINGLE] / m[DD_DIRECT], ">=", 0.85),
+            ("(single vs the bare durable server)", m[SINGLE] / m[BARE], ">=", 0.85),
+            ("(the bare durable server vs dd direct)", m[BARE] / m[DD_DIRECT], ">=", 0.85),
             ("single vs dd page cache, sync every 4 MiB", m[SINGLE] / m[DD_CACHE], ">=", 0.85),
             ("Content-MD5 vs one core's MD5", m[SINGLE_MD5] / m[MD5], ">=", 0.8),
             ("(Content-MD5 vs the node's MD5 on one core)", m[SINGLE_MD5] / m[MD5_NODE], ">=", 0.8),
+            ("(Content-MD5 vs the bare durable server with MD5)", m[SINGLE_MD5] / m[BARE_MD5], ">=", 0.8),
+            ("(the bare server with MD5, dropping the bytes, vs one core's MD5)", m[BARE_MD5_DROP] / m[MD5],
+             ">=", 0.8),
             ("concurrent vs single", m[CONC] / m[SINGLE], ">=", 0.8),
             ("concurrent p99 / p50", m[CONC_P99] / m[CONC_P50], "<=", 5.0),
             ("concurrent peak RSS MiB", m[CONC_RSS], "<=", 150),

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use upline_proto::{ObjectKey, ObjectPath, PutPolicy, UploadParams};
 
+pub mod bare;
 pub mod procstat;
 pub mod s3;
 

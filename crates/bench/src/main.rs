@@ -69,6 +69,20 @@ enum Scenario {
     /// One core's speed of the MD5 the node uses (fast-md5), in
     /// 4 MiB updates, best of five: the ceiling of uploads with Content-MD5.
     Md5Speed,
+    /// Serves the least durable tus server (`bare`) on a free port, printed
+    /// first: the stop-and-wait limit that upline is measured against.
+    BareServer {
+        /// Where the uploaded files go.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Receive and drop the bytes: the loopback and HTTP limit alone.
+        #[arg(long)]
+        no_write: bool,
+        /// Hash every body with MD5 on its own thread, as upline does for
+        /// Content-MD5.
+        #[arg(long)]
+        md5: bool,
+    },
     /// Starts Garage (as the tests do) with a bucket `bench`, prints its
     /// endpoint and keys as JSON, and runs until stdin closes.
     Garage,
@@ -78,9 +92,18 @@ fn size(s: &str) -> Result<u64, String> {
     parse_size::parse_size(s).map_err(|e| e.to_string())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.scenario, Scenario::BareServer { .. }) {
+        // As many async workers as an upload node starts: half the cores.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        rt.worker_threads((cores / 2).max(1));
+    }
+    rt.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let proto = match cli.proto.as_str() {
         "tus" => Proto::Tus,
         _ => Proto::Upline {
@@ -114,6 +137,16 @@ async fn main() -> anyhow::Result<()> {
                 secret_key: std::env::var("AWS_SECRET_ACCESS_KEY")?,
             };
             upline_bench::s3::plain_multipart(&target, size, part_size as usize).await?
+        }
+        Scenario::BareServer { dir, no_write, md5 } => {
+            let cfg = upline_bench::bare::BareConfig {
+                dir,
+                write: !no_write,
+                md5,
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            println!("{}", listener.local_addr()?.port());
+            return upline_bench::bare::serve(cfg, listener).await;
         }
         Scenario::Md5Speed => {
             let mib_per_s = tokio::task::spawn_blocking(upline_bench::md5_speed).await?;
