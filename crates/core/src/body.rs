@@ -207,6 +207,9 @@ pub fn guard(
                 next = body.next() => next,
             };
             match next {
+                // A body cancelled as it ended is still stopped: a store
+                // that holds the chunk until its end (S3) writes nothing.
+                None if cancel.is_cancelled() => Some((Err(stop(BodyStop::Superseded)), None)),
                 None => None,
                 Some(Err(e)) => Some((Err(e), None)),
                 Some(Ok(bytes)) => {
@@ -425,6 +428,30 @@ mod tests {
         let err = drain(guard(body(vec![b"ab".to_vec()]), 3, c, None, Arc::default()))
             .await
             .unwrap_err();
+        assert_eq!(BodyStop::of(&err), Some(BodyStop::Superseded));
+    }
+
+    /// A body cancelled after its last frame but before its end is read
+    /// ends in an error, not in a clean end: S3 stores a chunk only once
+    /// the body has ended, and must not after its lease is lost.
+    #[tokio::test]
+    async fn cancellation_after_the_last_frame_still_stops_the_body() {
+        let c = CancellationToken::new();
+        // The cancellation lands while the guard waits for the body's end.
+        let cancelling = c.clone();
+        let inner: ByteStream = Box::pin(futures_util::stream::unfold(0, move |step| {
+            let cancelling = cancelling.clone();
+            async move {
+                if step == 0 {
+                    return Some((Ok(Bytes::from_static(b"ab")), 1));
+                }
+                cancelling.cancel();
+                None
+            }
+        }));
+        let mut b = guard(inner, 3, c, None, Arc::default());
+        assert_eq!(&b.next().await.unwrap().unwrap()[..], b"ab");
+        let err = b.next().await.unwrap().unwrap_err();
         assert_eq!(BodyStop::of(&err), Some(BodyStop::Superseded));
     }
 

@@ -149,7 +149,7 @@ impl Node {
             // does within one node.
             let leased = self.blobs.shared();
             if leased {
-                let now_ms = req.now.saturating_mul(1000);
+                let now_ms = lease_clock_ms();
                 if !self
                     .state
                     .lease(ctx, &self.owner, now_ms, now_ms + self.cfg.lease_ms)
@@ -172,7 +172,7 @@ impl Node {
                     });
                 }
             }
-            let result = async {
+            let work = async {
                 let stored = self
                     .store(ctx, offset, &req, guard.cancel.clone(), claim, body)
                     .await?;
@@ -188,8 +188,12 @@ impl Node {
                     claim,
                 )
                 .await
-            }
-            .await;
+            };
+            let result = if leased {
+                self.renewing_lease(ctx, &guard.cancel, work).await
+            } else {
+                work.await
+            };
             if result.is_err()
                 && let Ok(id) = blob_id(ctx)
             {
@@ -258,6 +262,45 @@ impl Node {
                 context: ctx.to_owned(),
                 callback_ret_msg: String::new(),
             }),
+        }
+    }
+
+    /// Runs `work` (a chunk's write and commit) while renewing this node's
+    /// lease on `ctx` every third of its term. A body may take longer than
+    /// one term to arrive (4 MiB at under 70 KB/s takes a minute): without
+    /// renewal, another node could take the expired lease and write the
+    /// same offset while this one still does. If a renewal fails, `cancel`
+    /// stops the body here, so nothing more is stored after the lease is
+    /// in doubt; the commit stays guarded by its compare-and-swap.
+    async fn renewing_lease<T>(
+        &self,
+        ctx: &str,
+        cancel: &CancellationToken,
+        work: impl std::future::Future<Output = Result<T, CoreError>>,
+    ) -> Result<T, CoreError> {
+        let term = self.cfg.lease_ms;
+        let renew = async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis((term / 3).max(1) as u64)).await;
+                let now = lease_clock_ms();
+                match self.state.lease(ctx, &self.owner, now, now + term).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(ctx, "another node took this session's lease: the chunk stops");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(ctx, error = %e, "could not renew a session lease: the chunk stops");
+                        break;
+                    }
+                }
+            }
+            cancel.cancel();
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            result = &mut work => result,
+            () = renew => work.await,
         }
     }
 
@@ -572,4 +615,13 @@ fn body_error(e: std::io::Error) -> CoreError {
         Some(BodyStop::Superseded) => CoreError::Superseded,
         None => CoreError::BodyIncomplete(e.to_string()),
     }
+}
+
+/// Wall-clock milliseconds for leases, which nodes compare with each
+/// other's (not the request's whole-second time: a lease term is shorter
+/// than a chunk may take, and renewals need finer steps).
+fn lease_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -48,10 +48,99 @@ impl CallbackSender for NoCallbacks {
 }
 
 fn node(dir: &std::path::Path) -> Node {
+    node_with(dir, Config::default())
+}
+
+fn node_with(dir: &std::path::Path, cfg: Config) -> Node {
     let blobs = Arc::new(Shared(FsStore::open(dir.join("blobs")).unwrap()));
     let state = Arc::new(EmbeddedStore::open(dir.join("state.db")).unwrap());
     let keys = Keyring::new([("ak".to_owned(), "sk".to_owned())]);
-    Node::new(blobs, state, keys, Arc::new(NoCallbacks), Config::default())
+    Node::new(blobs, state, keys, Arc::new(NoCallbacks), cfg)
+}
+
+/// A lease term far shorter than the slow bodies below.
+fn short_lease() -> Config {
+    Config {
+        lease_ms: 300,
+        ..Config::default()
+    }
+}
+
+/// A body of `bytes` that arrives `after` the request starts.
+fn late_body(bytes: Vec<u8>, after: Duration) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(Some(bytes), move |b| async move {
+        let b = b?;
+        tokio::time::sleep(after).await;
+        Some((Ok(Bytes::from(b)), None))
+    }))
+}
+
+/// A body slower than the lease term keeps its lease: another node that
+/// comes after the first term has passed is still refused, and the slow
+/// chunk's bytes are the ones committed. Without renewal the second node
+/// took the expired lease and the first then overwrote its chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_keeps_its_lease_past_one_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Arc::new(node_with(dir.path(), short_lease())),
+        Arc::new(node_with(dir.path(), short_lease())),
+    );
+    let ctx = a
+        .upload_chunk(req(0, None), body(vec![vec![1; 10]]))
+        .await
+        .unwrap()
+        .context;
+    let slow = {
+        let (b, ctx) = (b.clone(), ctx.clone());
+        tokio::spawn(async move {
+            b.upload_chunk(
+                req(10, Some(&ctx)),
+                late_body(vec![2; 20], Duration::from_millis(1200)),
+            )
+            .await
+        })
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let busy = a.upload_chunk(req(10, Some(&ctx)), body(vec![vec![3; 20]])).await;
+        assert!(matches!(busy, Err(CoreError::Busy)), "{busy:?}");
+    }
+    assert_eq!(slow.await.unwrap().unwrap().offset, 30);
+    let blobs = FsStore::open(dir.path().join("blobs")).unwrap();
+    let stored = upline_storage::conformance::read(&blobs, &BlobId::new(&ctx).unwrap(), 10, 20).await;
+    assert_eq!(stored, vec![2; 20]);
+}
+
+/// A node that loses its lease mid-body (here another owner takes it once
+/// it has expired, as if the renewals could not reach the database) stops
+/// the chunk: nothing is committed, and the session stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_whose_lease_is_lost_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(node_with(dir.path(), short_lease()));
+    let ctx = b
+        .upload_chunk(req(0, None), body(vec![vec![1; 10]]))
+        .await
+        .unwrap()
+        .context;
+    let slow = {
+        let (b, ctx) = (b.clone(), ctx.clone());
+        tokio::spawn(async move {
+            b.upload_chunk(
+                req(10, Some(&ctx)),
+                late_body(vec![2; 20], Duration::from_millis(1000)),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let state = EmbeddedStore::open(dir.path().join("state.db")).unwrap();
+    let far = i64::MAX / 4;
+    assert!(state.lease(&ctx, "intruder", far, far + 1).await.unwrap());
+    let r = slow.await.unwrap();
+    assert!(matches!(r, Err(CoreError::Superseded)), "{r:?}");
+    assert_eq!(state.get(&ctx).await.unwrap().unwrap().offset, 10);
 }
 
 fn req(offset: u64, ctx: Option<&str>) -> ChunkRequest {
