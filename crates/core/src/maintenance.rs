@@ -27,6 +27,11 @@ use upline_storage::{BlobId, StorageError};
 use crate::upload::{Hashing, blob_id, blob_md5};
 use crate::{CoreError, Node};
 
+/// How old a multipart upload no record names must be before recovery
+/// aborts it: another node names the upload it creates within moments, so
+/// an hour leaves room for any clock skew between nodes and the store.
+const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What one scrub of the published objects found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Scrubbed {
@@ -55,9 +60,10 @@ pub struct Collected {
 impl Node {
     /// Brings storage in line with the session store after a crash:
     /// staged blobs of no session are deleted, completed sessions whose
-    /// publication was cut short are published, and staged bytes shorter
+    /// publication was cut short are published, staged bytes shorter
     /// than their session's committed offset are quarantined (see the
-    /// module's documentation). Returns blobs fixed.
+    /// module's documentation), and what the store holds that no blob owns
+    /// (orphaned S3 multipart uploads) is removed. Returns blobs fixed.
     pub async fn recover(&self) -> Result<usize, CoreError> {
         let mut fixed = 0;
         for id in self.blobs.list_staged().await? {
@@ -91,6 +97,11 @@ impl Node {
                 }
                 Some(_) => {}
             }
+        }
+        // Not fatal: a store without ListMultipartUploads still serves.
+        match self.blobs.sweep_orphans(ORPHAN_GRACE).await {
+            Ok(n) => fixed += n,
+            Err(e) => tracing::warn!(error = %e, "could not look for orphaned multipart uploads"),
         }
         Ok(fixed)
     }

@@ -128,6 +128,16 @@ pub trait BlobStore: Send + Sync + 'static {
         Err(unsupported("staged_size"))
     }
 
+    /// Removes what a crash left in the store that belongs to no blob and
+    /// that no other call would ever find (S3: multipart uploads no record
+    /// names), if it is older than `older_than` (younger, another node may
+    /// be about to name it). Returns how many things it removed; nothing,
+    /// for a store that cannot leave such things (the default).
+    async fn sweep_orphans(&self, older_than: std::time::Duration) -> Result<usize, StorageError> {
+        let _ = older_than;
+        Ok(0)
+    }
+
     /// The published blobs and their sizes, for the scrub that checks
     /// them against the object records.
     async fn list_published(&self) -> Result<Vec<(BlobId, u64)>, StorageError> {

@@ -57,6 +57,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 
 use crate::{BlobId, BlobStore, ByteStream, StorageError};
 
+mod orphans;
 pub mod parts;
 
 /// S3's smallest part (but the last).
@@ -835,6 +836,10 @@ impl BlobStore for S3Store {
             .collect();
         ids.sort();
         Ok(ids)
+    }
+
+    async fn sweep_orphans(&self, older_than: std::time::Duration) -> Result<usize, StorageError> {
+        self.sweep(older_than).await
     }
 
     async fn staged_size(&self, id: &BlobId) -> Result<Option<u64>, StorageError> {

@@ -404,3 +404,63 @@ async fn deleting_a_parts_session_aborts_its_upload() {
         "the multipart upload outlived its session: {gone:?}"
     );
 }
+
+/// Multipart uploads a crash left unnamed are aborted once old enough;
+/// the upload a live session's marker names, a young orphan and an upload
+/// under a key upline does not use are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_aborts_uploads_no_record_names() {
+    use object_store::multipart::{MultipartStore, PartId};
+    use object_store::path::Path;
+    use std::time::Duration;
+    let garage = Garage::start();
+    let (store, s3) = parts_store(&garage, "orphans").await;
+    let live = BlobId::new("live-1").unwrap();
+    let first = pattern(1 << 20, 3);
+    store.write_at(&live, 0, body(vec![first.clone()])).await.unwrap();
+    let c0 = |id: &str| Path::from(format!("staging/{id}/c{:020}", 0));
+    // A session whose node died before its marker, holding a part.
+    let dead = s3.create_multipart(&c0("dead-1")).await.unwrap();
+    let part: PartId = s3
+        .put_part(&c0("dead-1"), &dead, 0, vec![7u8; 1 << 20].into())
+        .await
+        .unwrap();
+    drop(part);
+    // A chunks-layout publication cut short before its record, a probe cut
+    // short, and a second upload of the live session its marker does not name.
+    let publication = s3.create_multipart(&Path::from("blobs/dead-2")).await.unwrap();
+    let probe = s3.create_multipart(&Path::from("probe/dead-3")).await.unwrap();
+    let stray = s3.create_multipart(&c0("live-1")).await.unwrap();
+    let foreign = s3.create_multipart(&Path::from("other/x")).await.unwrap();
+
+    assert_eq!(
+        store.sweep_orphans(Duration::from_secs(3600)).await.unwrap(),
+        0,
+        "all are young"
+    );
+    assert_eq!(store.sweep_orphans(Duration::ZERO).await.unwrap(), 4);
+    for (key, upload) in [
+        (c0("dead-1"), &dead),
+        (Path::from("blobs/dead-2"), &publication),
+        (Path::from("probe/dead-3"), &probe),
+        (c0("live-1"), &stray),
+    ] {
+        let gone = s3.abort_multipart(&key, upload).await;
+        assert!(
+            matches!(gone, Err(object_store::Error::NotFound { .. })),
+            "{key} was not aborted: {gone:?}"
+        );
+    }
+    s3.abort_multipart(&Path::from("other/x"), &foreign)
+        .await
+        .expect("an upload under a key upline does not use is left alone");
+    // The live session goes on and publishes every byte.
+    let second = pattern(1 << 20, 4);
+    store
+        .write_at(&live, 1 << 20, body(vec![second.clone()]))
+        .await
+        .unwrap();
+    store.publish(&live, 2 << 20).await.unwrap();
+    assert_eq!(read(&store, &live, 0, 2 << 20).await, [first, second].concat());
+    assert_eq!(store.sweep_orphans(Duration::ZERO).await.unwrap(), 0);
+}

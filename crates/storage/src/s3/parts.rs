@@ -111,13 +111,13 @@ impl Session {
 /// The S3 requests object_store has no call for, signed by rusty-s3 and
 /// sent by reqwest.
 pub(super) struct Raw {
-    bucket: rusty_s3::Bucket,
-    credentials: rusty_s3::Credentials,
-    http: reqwest::Client,
+    pub(super) bucket: rusty_s3::Bucket,
+    pub(super) credentials: rusty_s3::Credentials,
+    pub(super) http: reqwest::Client,
 }
 
 /// How long a signed request stays valid: it is sent at once.
-const SIGNED_FOR: Duration = Duration::from_secs(300);
+pub(super) const SIGNED_FOR: Duration = Duration::from_secs(300);
 
 impl Raw {
     pub(super) fn new(cfg: &S3Config) -> Result<Self, StorageError> {
