@@ -43,6 +43,11 @@ pub struct Config {
     pub session_ttl: i64,
     /// How long a completion callback may take.
     pub callback_timeout: Duration,
+    /// How old a multipart upload no record names must be before recovery
+    /// aborts it (S3). Another node names the upload it creates within
+    /// moments; the default hour also covers clock skew between nodes and
+    /// the store. Zero suits a store only one node uses at a time.
+    pub orphan_grace: Duration,
 }
 
 impl Default for Config {
@@ -53,6 +58,7 @@ impl Default for Config {
             require_expires: true,
             session_ttl: 7 * 24 * 3600,
             callback_timeout: Duration::from_secs(10),
+            orphan_grace: Duration::from_secs(3600),
         }
     }
 }

@@ -27,11 +27,6 @@ use upline_storage::{BlobId, StorageError};
 use crate::upload::{Hashing, blob_id, blob_md5};
 use crate::{CoreError, Node};
 
-/// How old a multipart upload no record names must be before recovery
-/// aborts it: another node names the upload it creates within moments, so
-/// an hour leaves room for any clock skew between nodes and the store.
-const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
-
 /// What one scrub of the published objects found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Scrubbed {
@@ -99,7 +94,7 @@ impl Node {
             }
         }
         // Not fatal: a store without ListMultipartUploads still serves.
-        match self.blobs.sweep_orphans(ORPHAN_GRACE).await {
+        match self.blobs.sweep_orphans(self.cfg.orphan_grace).await {
             Ok(n) => fixed += n,
             Err(e) => tracing::warn!(error = %e, "could not look for orphaned multipart uploads"),
         }

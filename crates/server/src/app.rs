@@ -170,6 +170,7 @@ impl App {
             require_expires: cfg.require_expires,
             session_ttl: cfg.session_ttl_secs as i64,
             callback_timeout: Duration::from_secs(cfg.callback_timeout_secs),
+            orphan_grace: Duration::from_secs(cfg.orphan_grace_secs),
         };
         let callbacks = Arc::new(
             crate::callback::HttpCallbacks::new(metrics.callback_outcomes()).map_err(StartError::Http)?,

@@ -65,6 +65,9 @@ pub struct ServerConfig {
     pub collect_interval_secs: u64,
     /// Seconds a completion callback may take.
     pub callback_timeout_secs: u64,
+    /// Seconds a multipart upload no record names must be old before the
+    /// start-up recovery aborts it (S3).
+    pub orphan_grace_secs: u64,
     /// Origins allowed by CORS; empty means any origin.
     pub cors_origins: Vec<String>,
     /// Seconds to let requests in flight finish after SIGTERM/SIGINT.
@@ -191,6 +194,7 @@ impl Default for ServerConfig {
             session_ttl_secs: 7 * 24 * 3600,
             collect_interval_secs: 600,
             callback_timeout_secs: 10,
+            orphan_grace_secs: 3600,
             cors_origins: Vec::new(),
             shutdown_grace_secs: 30,
             header_timeout_secs: 30,

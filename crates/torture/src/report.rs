@@ -46,6 +46,8 @@ pub struct Report {
     /// What recovery logged at the restarts.
     pub publications_finished_at_start: u64,
     pub orphans_deleted_at_start: u64,
+    /// Multipart uploads no record named, aborted by recovery (S3).
+    pub uploads_aborted_at_start: u64,
     /// Published bytes of replaced objects that a crash kept from being
     /// deleted, deleted by the scrub after start.
     pub unreferenced_deleted_at_start: u64,
@@ -68,7 +70,7 @@ impl Report {
             "{backend}: {rounds} rounds in {secs:.0} s (seed {seed}); kills: {nk} node + {ek} during start, {sk} S3, {dc} database cuts ({dcc} connections); \
              uploads: {us} started, {uc} completed ({ow} overwrites); chunks: {cs} sent, {ca} acknowledged, {al} answers lost, {a5} 5xx, {a4} 400; \
              {ba} bytes acknowledged; verified {ov} objects, {bv} bytes; {sc} resume points checked ({ic} in-flight chunks found committed, {inc} not), \
-             {sco} sessions continued after restarts, {sic} stored items checked for leaks; recovery finished {pf} publications and deleted {od} orphans, the scrub {ud} unreferenced objects; \
+             {sco} sessions continued after restarts, {sic} stored items checked for leaks; recovery finished {pf} publications and deleted {od} orphans and aborted {ua} unnamed multipart uploads, the scrub {ud} unreferenced objects; \
              S3 layouts: {lp} starts in parts, {lc} in chunks; violations: {v}",
             backend = self.backend,
             rounds = self.rounds,
@@ -97,6 +99,7 @@ impl Report {
             sic = self.stored_items_checked,
             pf = self.publications_finished_at_start,
             od = self.orphans_deleted_at_start,
+            ua = self.uploads_aborted_at_start,
             ud = self.unreferenced_deleted_at_start,
             lp = self.starts_in_parts_layout,
             lc = self.starts_in_chunks_layout,

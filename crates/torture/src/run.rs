@@ -322,6 +322,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         envs: services.node_envs(),
         log: cfg.work_dir.join("node.log"),
     };
+    // One node at a time: no other node is about to name an upload, so
+    // every restart's recovery aborts each unnamed one, and the checks
+    // would catch an abort of an upload a session still needs.
+    spec.set_env("UPLINE_ORPHAN_GRACE_SECS", "0");
     let stores = services.stores()?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
@@ -431,6 +435,7 @@ fn start_node(spec: &NodeSpec, report: &mut Report) -> anyhow::Result<NodeProc> 
     report.unreferenced_deleted_at_start += node.count("deleting published bytes no object points at") as u64;
     report.starts_in_parts_layout += node.count("S3 store open layout=Parts") as u64;
     report.starts_in_chunks_layout += node.count("S3 store open layout=Chunks") as u64;
+    report.uploads_aborted_at_start += node.count("aborted a multipart upload no record names") as u64;
     for line in node.lines.lock().expect("log lines").iter() {
         if line.contains("quarantined") && !line.contains("scrub of published objects done")
             || line.contains("scrub of published objects failed")
