@@ -166,9 +166,23 @@ class Garage:
         self.proc.wait()
 
 
-class Nginx:
+class ServerProc:
+    """A peer's process on `self.port` (`self.proc`) speaking `proto`, its files in `self.dir`."""
+    proto = "tus"
+
+    def bench(self, *args):
+        return run_bench(self.port, self.proc.pid, self.proto, *args)
+
+    def __exit__(self, *a):
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Nginx(ServerProc):
     """Loopback limit: nginx reading and discarding bodies, a fixed /lbs."""
     name = "nginx"
+    proto = "upline"
 
     def __enter__(self):
         if not shutil.which("nginx"):
@@ -192,16 +206,8 @@ http {{ access_log off; client_body_temp_path {self.dir}; client_max_body_size 5
         time.sleep(0.5)
         return self
 
-    def bench(self, *args):
-        return run_bench(self.port, self.proc.pid, "upline", *args)
 
-    def __exit__(self, *a):
-        self.proc.terminate()
-        self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class TusNode:
+class TusNode(ServerProc):
     """@tus/server 2.x with @tus/file-store (npm, installed here on first use)."""
     name = "@tus/server"
 
@@ -216,16 +222,7 @@ class TusNode:
         time.sleep(1)
         return self
 
-    def bench(self, *args):
-        return run_bench(self.port, self.proc.pid, "tus", *args)
-
-    def __exit__(self, *a):
-        self.proc.terminate()
-        self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class Bare:
+class Bare(ServerProc):
     """`upline-bench bare-server`: the least a durable tus server does (1 MiB O_DIRECT writes while the
     body arrives, fdatasync, 204; nothing else), the stop-and-wait limit of this machine; `--no-write`
     drops the bytes, `--md5` hashes them on a thread of their own."""
@@ -240,15 +237,8 @@ class Bare:
         self.port = int(self.proc.stdout.readline())
         return self
 
-    bench = TusNode.bench
 
-    def __exit__(self, *a):
-        self.proc.terminate()
-        self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class Rustus:
+class Rustus(ServerProc):
     """rustus 0.5.x with file storage, bodies up to 4 MiB; `fsync` adds
     --force-fsync (its fsync-every-chunk mode). Installed with cargo
     install on first use (a long compile, once)."""
@@ -270,13 +260,6 @@ class Rustus:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
         return self
-
-    bench = TusNode.bench
-
-    def __exit__(self, *a):
-        self.proc.terminate()
-        self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def dd(size_mib, oflag):

@@ -66,13 +66,30 @@ fn short_lease() -> Config {
     }
 }
 
-/// A body of `bytes` that arrives `after` the request starts.
-fn late_body(bytes: Vec<u8>, after: Duration) -> ByteStream {
-    Box::pin(futures_util::stream::unfold(Some(bytes), move |b| async move {
-        let b = b?;
+/// Starts a session on `node` with 10 bytes of 1s, then sends it 20 bytes
+/// of 2s at offset 10 in a body that arrives `after` the request starts.
+async fn session_with_slow_chunk(
+    node: &Arc<Node>,
+    after: Duration,
+) -> (
+    String,
+    tokio::task::JoinHandle<Result<upline_core::ChunkReply, CoreError>>,
+) {
+    let ctx = node
+        .upload_chunk(req(0, None), body(vec![vec![1; 10]]))
+        .await
+        .unwrap()
+        .context;
+    let late: ByteStream = Box::pin(futures_util::stream::unfold(true, move |first| async move {
+        if !first {
+            return None;
+        }
         tokio::time::sleep(after).await;
-        Some((Ok(Bytes::from(b)), None))
-    }))
+        Some((Ok(Bytes::from(vec![2u8; 20])), false))
+    }));
+    let (node, c) = (node.clone(), ctx.clone());
+    let slow = tokio::spawn(async move { node.upload_chunk(req(10, Some(&c)), late).await });
+    (ctx, slow)
 }
 
 /// A body slower than the lease term keeps its lease: another node that
@@ -86,21 +103,7 @@ async fn a_slow_body_keeps_its_lease_past_one_term() {
         Arc::new(node_with(dir.path(), short_lease())),
         Arc::new(node_with(dir.path(), short_lease())),
     );
-    let ctx = a
-        .upload_chunk(req(0, None), body(vec![vec![1; 10]]))
-        .await
-        .unwrap()
-        .context;
-    let slow = {
-        let (b, ctx) = (b.clone(), ctx.clone());
-        tokio::spawn(async move {
-            b.upload_chunk(
-                req(10, Some(&ctx)),
-                late_body(vec![2; 20], Duration::from_millis(1200)),
-            )
-            .await
-        })
-    };
+    let (ctx, slow) = session_with_slow_chunk(&b, Duration::from_millis(1200)).await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let busy = a.upload_chunk(req(10, Some(&ctx)), body(vec![vec![3; 20]])).await;
@@ -119,21 +122,7 @@ async fn a_slow_body_keeps_its_lease_past_one_term() {
 async fn a_chunk_whose_lease_is_lost_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let b = Arc::new(node_with(dir.path(), short_lease()));
-    let ctx = b
-        .upload_chunk(req(0, None), body(vec![vec![1; 10]]))
-        .await
-        .unwrap()
-        .context;
-    let slow = {
-        let (b, ctx) = (b.clone(), ctx.clone());
-        tokio::spawn(async move {
-            b.upload_chunk(
-                req(10, Some(&ctx)),
-                late_body(vec![2; 20], Duration::from_millis(1000)),
-            )
-            .await
-        })
-    };
+    let (ctx, slow) = session_with_slow_chunk(&b, Duration::from_millis(1000)).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     let state = EmbeddedStore::open(dir.path().join("state.db")).unwrap();
     let far = i64::MAX / 4;
