@@ -94,6 +94,7 @@ impl From<upline_state::StateError> for CoreError {
         match e {
             S::NotFound => CoreError::UnknownCtx,
             S::Conflict { committed } => CoreError::OffsetMismatch { committed },
+            S::LeaseLost => CoreError::Superseded,
             S::Exists | S::Completed | S::Backend(_) => CoreError::internal(e),
         }
     }

@@ -46,7 +46,9 @@ pub struct Config {
     /// How old a multipart upload no record names must be before recovery
     /// aborts it (S3). Another node names the upload it creates within
     /// moments; the default hour also covers clock skew between nodes and
-    /// the store. Zero suits a store only one node uses at a time.
+    /// the store. Zero suits a store only one node uses at a time, and
+    /// only at start: collection passes, which run beside requests, wait
+    /// at least ten minutes.
     pub orphan_grace: Duration,
 }
 

@@ -27,6 +27,14 @@ use upline_storage::{BlobId, StorageError};
 use crate::upload::{Hashing, blob_id, blob_md5};
 use crate::{CoreError, Node};
 
+/// The least age of an unnamed multipart upload that a collection pass
+/// aborts, whatever `orphan_grace` says. A pass runs beside this node's own
+/// requests, and a sweep's check for the naming record and its abort are
+/// two requests: an upload created a moment ago could be named between
+/// them and then aborted under an acknowledged chunk. Recovery at start,
+/// before this node serves, uses `orphan_grace` as it is.
+const SERVING_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What one scrub of the published objects found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Scrubbed {
@@ -50,6 +58,9 @@ pub struct Collected {
     pub abandoned: usize,
     /// Completed sessions forgotten (their objects stay).
     pub finished: usize,
+    /// Multipart uploads no record names, aborted (S3): what a crashed
+    /// node left, found without waiting for a restart.
+    pub orphan_uploads: usize,
 }
 
 impl Node {
@@ -93,10 +104,11 @@ impl Node {
                 Some(_) => {}
             }
         }
-        // Not fatal: a store without ListMultipartUploads still serves.
-        match self.blobs.sweep_orphans(self.cfg.orphan_grace).await {
-            Ok(n) => fixed += n,
-            Err(e) => tracing::warn!(error = %e, "could not look for orphaned multipart uploads"),
+        // Not fatal: a store without ListMultipartUploads still serves. Not
+        // counted as fixed either: a clean stop leaves no unnamed upload,
+        // but another node's crash may have.
+        if let Err(e) = self.blobs.sweep_orphans(self.cfg.orphan_grace).await {
+            tracing::warn!(error = %e, "could not look for orphaned multipart uploads");
         }
         Ok(fixed)
     }
@@ -247,14 +259,16 @@ impl Node {
     }
 
     /// Forgets sessions idle for longer than the configured time, deleting
-    /// the bytes of those never completed. Call it periodically.
+    /// the bytes of those never completed, and aborts multipart uploads no
+    /// record names (a node of a cluster may crash while this one runs for
+    /// months). Call it periodically.
     pub async fn collect(&self, now: i64) -> Result<Collected, CoreError> {
         let mut done = Collected::default();
         let before = now.saturating_sub(self.cfg.session_ttl);
         loop {
             let batch = self.state.idle_sessions(before, 256).await?;
             if batch.is_empty() {
-                return Ok(done);
+                break;
             }
             for s in batch {
                 let _guard = self.locks.acquire(&s.ctx, false).await;
@@ -276,6 +290,15 @@ impl Node {
                 self.state.delete_session(&s.ctx).await?;
             }
         }
+        let grace = self.cfg.orphan_grace.max(SERVING_GRACE);
+        done.orphan_uploads = match self.blobs.sweep_orphans(grace).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for orphaned multipart uploads");
+                0
+            }
+        };
+        Ok(done)
     }
 
     /// Deletes a blob nobody points at any more (a replaced object).

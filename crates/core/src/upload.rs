@@ -7,7 +7,7 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use upline_proto::callback::{self, CallbackVars};
 use upline_proto::{ContentMd5, ObjectPath, PutPolicy, ResumeParams, UploadCtx};
-use upline_state::{Advance, Completion, ObjectRecord, Session, Start};
+use upline_state::{Advance, Completion, Fence, ObjectRecord, Session, Start};
 use upline_storage::{BlobId, BlobStore, ByteStream, StorageError};
 
 use crate::body::{self, BodyStop, Md5Tap};
@@ -98,6 +98,7 @@ impl Node {
                 md5_claim: None,
                 complete: None,
                 now: req.now,
+                lease: None,
             };
             self.state.advance(ctx.as_str(), empty).await?;
             start = Start::At(0);
@@ -106,7 +107,7 @@ impl Node {
             let stored = self
                 .store(ctx.as_str(), 0, &req, guard.cancel.clone(), claim, body)
                 .await?;
-            self.commit(ctx.as_str(), start, 0, None, stored, &req, &policy, claim)
+            self.commit(ctx.as_str(), start, 0, None, stored, &req, &policy, claim, false)
                 .await
         }
         .await;
@@ -186,6 +187,7 @@ impl Node {
                     &req,
                     &policy,
                     claim,
+                    leased,
                 )
                 .await
             };
@@ -269,28 +271,42 @@ impl Node {
     /// lease on `ctx` every third of its term. A body may take longer than
     /// one term to arrive (4 MiB at under 70 KB/s takes a minute): without
     /// renewal, another node could take the expired lease and write the
-    /// same offset while this one still does. If a renewal fails, `cancel`
-    /// stops the body here, so nothing more is stored after the lease is
-    /// in doubt; the commit stays guarded by its compare-and-swap.
+    /// same offset while this one still does. A renewal that fails is
+    /// retried while more than a quarter of the term is left; then, or
+    /// when another node holds the lease, `cancel` stops the body, so that
+    /// a store request already sent ends before the lease does. The commit
+    /// checks the lease itself ([`Fence`]).
     async fn renewing_lease<T>(
         &self,
         ctx: &str,
         cancel: &CancellationToken,
         work: impl std::future::Future<Output = Result<T, CoreError>>,
     ) -> Result<T, CoreError> {
-        let term = self.cfg.lease_ms;
+        let term = std::time::Duration::from_millis(self.cfg.lease_ms.max(1) as u64);
         let renew = async {
+            // Taken just before `work` started, until about now + term.
+            let mut held_until = tokio::time::Instant::now() + term;
             loop {
-                tokio::time::sleep(std::time::Duration::from_millis((term / 3).max(1) as u64)).await;
+                tokio::time::sleep(term / 3).await;
+                let stop_at = held_until - term / 4;
+                let sent = tokio::time::Instant::now();
                 let now = lease_clock_ms();
-                match self.state.lease(ctx, &self.owner, now, now + term).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                let renewal = self.state.lease(ctx, &self.owner, now, now + self.cfg.lease_ms);
+                match tokio::time::timeout_at(stop_at, renewal).await {
+                    Ok(Ok(true)) => held_until = sent + term,
+                    Ok(Ok(false)) => {
                         tracing::warn!(ctx, "another node took this session's lease: the chunk stops");
                         break;
                     }
-                    Err(e) => {
+                    Ok(Err(e)) if tokio::time::Instant::now() + term / 3 < stop_at => {
+                        tracing::warn!(ctx, error = %e, "could not renew a session lease; trying again");
+                    }
+                    Ok(Err(e)) => {
                         tracing::warn!(ctx, error = %e, "could not renew a session lease: the chunk stops");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(ctx, "renewing a session lease took too long: the chunk stops");
                         break;
                     }
                 }
@@ -357,7 +373,8 @@ impl Node {
     }
 
     /// Checks what needs the stored bytes, then advances the offset
-    /// (compare-and-swap) and, on the final chunk, publishes.
+    /// (compare-and-swap; `leased`: only while this node still holds the
+    /// session's lease) and, on the final chunk, publishes.
     #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
@@ -369,6 +386,7 @@ impl Node {
         req: &ChunkRequest,
         policy: &PutPolicy,
         claim: Option<ContentMd5>,
+        leased: bool,
     ) -> Result<ChunkReply, CoreError> {
         let end = offset + stored.len;
         if policy.object_size_max.is_some_and(|max| end > max) {
@@ -415,6 +433,10 @@ impl Node {
             md5_claim: new_claim,
             complete,
             now: req.now,
+            lease: leased.then(|| Fence {
+                owner: self.owner.clone(),
+                now_ms: lease_clock_ms(),
+            }),
         };
         let advanced = self.state.advance(ctx, change).await?;
         let session = advanced.session;

@@ -58,10 +58,11 @@ fn node_with(dir: &std::path::Path, cfg: Config) -> Node {
     Node::new(blobs, state, keys, Arc::new(NoCallbacks), cfg)
 }
 
-/// A lease term far shorter than the slow bodies below.
+/// A lease term far shorter than the slow bodies below (long enough that
+/// a renewal a loaded machine runs late still lands in time).
 fn short_lease() -> Config {
     Config {
-        lease_ms: 300,
+        lease_ms: 1000,
         ..Config::default()
     }
 }
@@ -103,9 +104,9 @@ async fn a_slow_body_keeps_its_lease_past_one_term() {
         Arc::new(node_with(dir.path(), short_lease())),
         Arc::new(node_with(dir.path(), short_lease())),
     );
-    let (ctx, slow) = session_with_slow_chunk(&b, Duration::from_millis(1200)).await;
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ctx, slow) = session_with_slow_chunk(&b, Duration::from_millis(3000)).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
         let busy = a.upload_chunk(req(10, Some(&ctx)), body(vec![vec![3; 20]])).await;
         assert!(matches!(busy, Err(CoreError::Busy)), "{busy:?}");
     }
@@ -122,7 +123,7 @@ async fn a_slow_body_keeps_its_lease_past_one_term() {
 async fn a_chunk_whose_lease_is_lost_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let b = Arc::new(node_with(dir.path(), short_lease()));
-    let (ctx, slow) = session_with_slow_chunk(&b, Duration::from_millis(1000)).await;
+    let (ctx, slow) = session_with_slow_chunk(&b, Duration::from_millis(3000)).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     let state = EmbeddedStore::open(dir.path().join("state.db")).unwrap();
     let far = i64::MAX / 4;
@@ -194,6 +195,8 @@ async fn a_session_being_written_on_one_node_is_busy_on_another() {
 struct GatedLease {
     inner: Arc<EmbeddedStore>,
     gate: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// Another owner takes the lease just before every leased advance.
+    steal_before_commit: bool,
 }
 
 #[async_trait::async_trait]
@@ -202,6 +205,10 @@ impl SessionStore for GatedLease {
         self.inner.get(ctx).await
     }
     async fn advance(&self, ctx: &str, change: Advance) -> Result<Advanced, StateError> {
+        if self.steal_before_commit && change.lease.is_some() {
+            let far = i64::MAX / 4;
+            assert!(self.inner.lease(ctx, "intruder", far, far + 1).await?);
+        }
         self.inner.advance(ctx, change).await
     }
     async fn get_object(&self, b: &str, o: &str) -> Result<Option<ObjectRecord>, StateError> {
@@ -256,6 +263,7 @@ async fn a_lease_taken_after_another_nodes_commit_writes_nothing() {
     let gated = Arc::new(GatedLease {
         inner: Arc::new(EmbeddedStore::open(dir.path().join("state.db")).unwrap()),
         gate: tokio::sync::Mutex::new(Some(gate)),
+        steal_before_commit: false,
     });
     let blobs = Arc::new(Shared(FsStore::open(dir.path().join("blobs")).unwrap()));
     let keys = Keyring::new([("ak".to_owned(), "sk".to_owned())]);
@@ -292,4 +300,36 @@ async fn a_lease_taken_after_another_nodes_commit_writes_nothing() {
     );
     let stored = upline_storage::conformance::read(blobs.as_ref(), &BlobId::new(&ctx).unwrap(), 10, 20).await;
     assert_eq!(stored, vec![2; 20], "the committed chunk's bytes are intact");
+}
+
+/// A lease lost after the chunk's bytes are stored (here taken by another
+/// owner right before the commit, as when renewals stalled and the term
+/// ran out) fails the commit itself: the chunk is not acknowledged and
+/// the session stays where it was. Before the fence, the commit went
+/// through on the offset check alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_after_the_lease_was_lost_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(GatedLease {
+        inner: Arc::new(EmbeddedStore::open(dir.path().join("state.db")).unwrap()),
+        gate: tokio::sync::Mutex::new(None),
+        steal_before_commit: true,
+    });
+    let blobs = Arc::new(Shared(FsStore::open(dir.path().join("blobs")).unwrap()));
+    let keys = Keyring::new([("ak".to_owned(), "sk".to_owned())]);
+    let b = Node::new(
+        blobs,
+        state.clone(),
+        keys,
+        Arc::new(NoCallbacks),
+        Config::default(),
+    );
+    let ctx = b
+        .upload_chunk(req(0, None), body(vec![vec![1; 10]]))
+        .await
+        .unwrap()
+        .context;
+    let r = b.upload_chunk(req(10, Some(&ctx)), body(vec![vec![2; 20]])).await;
+    assert!(matches!(r, Err(CoreError::Superseded)), "{r:?}");
+    assert_eq!(state.get(&ctx).await.unwrap().unwrap().offset, 10);
 }

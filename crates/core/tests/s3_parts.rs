@@ -179,3 +179,61 @@ async fn the_part_limit_is_a_clear_refusal() {
     assert_eq!(refused.status(), 400, "{refused:?}");
     assert!(refused.to_string().contains("2 chunks"), "{refused}");
 }
+
+/// A multipart upload that a crashed node left unnamed is aborted by
+/// recovery; the upload of a live session, named by its marker, is not,
+/// and the session completes. A collection pass, which runs beside
+/// requests, leaves a young one alone even with no grace configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_aborts_an_upload_a_crashed_node_left() {
+    use object_store::multipart::MultipartStore;
+    use object_store::path::Path;
+    let garage = Garage::start();
+    let cfg = garage.bucket("leftovers");
+    let blobs = Arc::new(S3Store::open(cfg.clone()).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(EmbeddedStore::open(dir.path().join("state.db")).unwrap());
+    let keys = Keyring::new([("ak".to_owned(), "sk".to_owned())]);
+    let node = Node::new(
+        blobs,
+        state,
+        keys,
+        Arc::new(NoCallbacks),
+        Config {
+            orphan_grace: Duration::ZERO,
+            ..Config::default()
+        },
+    );
+    let a = pattern(1 << 20, 5);
+    let ctx = node
+        .upload_chunk(req(0, None, false, None), body(vec![a.clone()]))
+        .await
+        .unwrap()
+        .context;
+    let raw = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(&cfg.bucket)
+        .with_region(&cfg.region)
+        .with_access_key_id(&cfg.access_key)
+        .with_secret_access_key(&cfg.secret_key)
+        .with_endpoint(cfg.endpoint.clone().unwrap())
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let key = Path::from(format!("staging/crashed/c{:020}", 0));
+    let left = raw.create_multipart(&key).await.unwrap();
+
+    let collected = node.collect(1_000).await.unwrap();
+    assert_eq!(collected.orphan_uploads, 0, "too young to abort while serving");
+    node.recover().await.unwrap();
+    let gone = raw.abort_multipart(&key, &left).await;
+    assert!(
+        matches!(gone, Err(object_store::Error::NotFound { .. })),
+        "{gone:?}"
+    );
+    let b = pattern(1 << 20, 6);
+    let done = node
+        .upload_chunk(req(1 << 20, Some(&ctx), true, None), body(vec![b.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(done.offset, 2 << 20);
+}

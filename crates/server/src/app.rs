@@ -388,10 +388,11 @@ async fn collect_forever(node: Arc<Node>, every_secs: u64) {
     loop {
         tick.tick().await;
         match node.collect(unix_now()).await {
-            Ok(c) if c.abandoned + c.finished > 0 => {
+            Ok(c) if c.abandoned + c.finished + c.orphan_uploads > 0 => {
                 tracing::info!(
                     abandoned = c.abandoned,
                     finished = c.finished,
+                    orphan_uploads = c.orphan_uploads,
                     "idle sessions collected"
                 );
             }

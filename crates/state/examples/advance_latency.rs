@@ -23,6 +23,7 @@ async fn main() {
         md5_claim: None,
         complete: None,
         now,
+        lease: None,
     };
     let new = Start::New {
         bucket: "b".into(),

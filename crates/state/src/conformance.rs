@@ -22,6 +22,7 @@ where
     many_sessions_advance_at_once(Arc::new(fresh().await)).await;
     tagged_completions_are_logged(&fresh().await).await;
     leases_admit_one_owner_at_a_time(&fresh().await).await;
+    a_fenced_advance_needs_the_lease(&fresh().await).await;
     administration_lists_and_deletes(&fresh().await).await;
 }
 
@@ -99,6 +100,71 @@ async fn leases_admit_one_owner_at_a_time(s: &dyn SessionStore) {
     assert_eq!(
         committed.session.offset, 2,
         "a lease does not block the offset's own CAS"
+    );
+}
+
+/// An advance that carries a [`Fence`](crate::Fence) commits only while its
+/// writer holds the lease: not once it has lapsed, nor once another owner
+/// took it; the refusal changes nothing.
+async fn a_fenced_advance_needs_the_lease(s: &dyn SessionStore) {
+    let fenced = |at_offset: u64, owner: &str, now_ms: i64| Advance {
+        lease: Some(crate::Fence {
+            owner: owner.into(),
+            now_ms,
+        }),
+        ..at(at_offset, 1, 2)
+    };
+    s.advance("c", new(1, 1)).await.unwrap();
+    assert!(
+        matches!(
+            s.advance("c", fenced(1, "node-a", 1000)).await,
+            Err(StateError::LeaseLost)
+        ),
+        "no lease taken"
+    );
+    assert!(s.lease("c", "node-a", 1000, 2000).await.unwrap());
+    assert_eq!(
+        s.advance("c", fenced(1, "node-a", 1500))
+            .await
+            .unwrap()
+            .session
+            .offset,
+        2
+    );
+    assert!(
+        matches!(
+            s.advance("c", fenced(2, "node-b", 1500)).await,
+            Err(StateError::LeaseLost)
+        ),
+        "held by another owner"
+    );
+    assert!(
+        matches!(
+            s.advance("c", fenced(2, "node-a", 2001)).await,
+            Err(StateError::LeaseLost)
+        ),
+        "lapsed"
+    );
+    assert!(s.lease("c", "node-b", 2001, 3000).await.unwrap());
+    assert!(
+        matches!(
+            s.advance("c", fenced(2, "node-a", 2500)).await,
+            Err(StateError::LeaseLost)
+        ),
+        "taken over"
+    );
+    assert_eq!(
+        s.get("c").await.unwrap().unwrap().offset,
+        2,
+        "refusals change nothing"
+    );
+    assert_eq!(
+        s.advance("c", fenced(2, "node-b", 2500))
+            .await
+            .unwrap()
+            .session
+            .offset,
+        3
     );
 }
 
@@ -303,6 +369,7 @@ pub fn new(len: u64, now: i64) -> Advance {
         md5_claim: None,
         complete: None,
         now,
+        lease: None,
     }
 }
 
@@ -314,6 +381,7 @@ pub fn at(at: u64, len: u64, now: i64) -> Advance {
         md5_claim: None,
         complete: None,
         now,
+        lease: None,
     }
 }
 

@@ -399,6 +399,18 @@ fn advance_in(tx: &Connection, ctx: &str, change: Advance) -> Result<Advanced, S
         }
         (Start::At(_), Some(s)) => s,
     };
+    if let Some(fence) = &change.lease {
+        let (owner, until): (Option<String>, Option<i64>) = tx
+            .query_row(
+                "SELECT lease_owner, lease_until FROM sessions WHERE ctx = ?1",
+                [ctx],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(backend)?;
+        if !crate::holds(fence, owner.as_deref(), until) {
+            return Err(StateError::LeaseLost);
+        }
+    }
     let from = s.offset;
     s.offset += change.chunk_len;
     s.last_chunk_len = Some(change.chunk_len);

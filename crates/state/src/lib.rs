@@ -89,6 +89,21 @@ pub struct Advance {
     pub complete: Option<Completion>,
     /// Unix seconds.
     pub now: i64,
+    /// Commit only while this writer holds the session's lease (shared
+    /// stores; `None` where no lease is taken).
+    pub lease: Option<Fence>,
+}
+
+/// A writer's claim to a session's lease ([`SessionStore::lease`]), checked
+/// in the same transaction as the advance it guards: a writer whose lease
+/// lapsed while its chunk was stored (and that another node may have taken
+/// since) cannot commit. Leases alone only keep writers apart while each
+/// keeps to its term; this makes the commit itself refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub owner: String,
+    /// Wall-clock milliseconds, as given to [`SessionStore::lease`].
+    pub now_ms: i64,
 }
 
 /// What a completing [`Advance`] records about the object.
@@ -117,6 +132,8 @@ pub enum StateError {
     Conflict { committed: u64 },
     #[error("session is already complete")]
     Completed,
+    #[error("the session's lease is no longer this writer's")]
+    LeaseLost,
     #[error("state backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -189,4 +206,10 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Gives the lease back if `owner` holds it.
     async fn release(&self, ctx: &str, owner: &str) -> Result<(), StateError>;
+}
+
+/// Whether a session whose lease is `owner` until `until` is still held by
+/// the writer of `fence` (the same rule [`SessionStore::lease`] grants by).
+pub(crate) fn holds(fence: &Fence, owner: Option<&str>, until: Option<i64>) -> bool {
+    owner == Some(fence.owner.as_str()) && until.is_some_and(|u| u >= fence.now_ms)
 }

@@ -12,7 +12,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
 
 use crate::apps::{AppRecord, AppStore, NewVideo, Notification, Video};
-use crate::{Advance, Advanced, ObjectRecord, Session, SessionStore, Start, StateError};
+use crate::{Advance, Advanced, ObjectRecord, Session, SessionStore, Start, StateError, holds};
 
 const MIGRATIONS: &[&str] = &[
     r#"CREATE TABLE sessions (
@@ -282,6 +282,20 @@ impl SessionStore for PgStore {
             }
             (Start::At(_), Some(s)) => s,
         };
+        if let Some(fence) = &change.lease {
+            // The row is locked (FOR UPDATE): no lease can change under us.
+            let row = tx
+                .query_one(
+                    "SELECT lease_owner, lease_until FROM sessions WHERE ctx = $1",
+                    &[&ctx],
+                )
+                .await
+                .map_err(backend)?;
+            let (owner, until): (Option<String>, Option<i64>) = (row.get(0), row.get(1));
+            if !holds(fence, owner.as_deref(), until) {
+                return Err(StateError::LeaseLost);
+            }
+        }
         s.offset += change.chunk_len;
         s.last_chunk_len = Some(change.chunk_len);
         s.updated_at = change.now;
