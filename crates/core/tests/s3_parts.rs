@@ -210,15 +210,7 @@ async fn recovery_aborts_an_upload_a_crashed_node_left() {
         .await
         .unwrap()
         .context;
-    let raw = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(&cfg.bucket)
-        .with_region(&cfg.region)
-        .with_access_key_id(&cfg.access_key)
-        .with_secret_access_key(&cfg.secret_key)
-        .with_endpoint(cfg.endpoint.clone().unwrap())
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    let raw = upline_storage::testing::plain_client(&cfg).unwrap();
     let key = Path::from(format!("staging/crashed/c{:020}", 0));
     let left = raw.create_multipart(&key).await.unwrap();
 

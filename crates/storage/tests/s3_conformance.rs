@@ -49,15 +49,7 @@ async fn parts_store(garage: &Garage, bucket: &str) -> (S3Store, object_store::a
 
 /// The bucket as a plain client sees it.
 fn raw(cfg: &S3Config) -> object_store::aws::AmazonS3 {
-    object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(&cfg.bucket)
-        .with_region(&cfg.region)
-        .with_access_key_id(&cfg.access_key)
-        .with_secret_access_key(&cfg.secret_key)
-        .with_endpoint(cfg.endpoint.clone().unwrap())
-        .with_allow_http(true)
-        .build()
-        .unwrap()
+    upline_storage::testing::plain_client(cfg).unwrap()
 }
 
 /// The names under `staging/<id>/`.

@@ -249,15 +249,7 @@ impl Services {
     pub fn stores(&self) -> anyhow::Result<Stores> {
         match (&self.s3, &self.pg) {
             (Some(s3), Some(pg)) => {
-                let client = object_store::aws::AmazonS3Builder::new()
-                    .with_bucket_name(&s3.bucket)
-                    .with_region(&s3.region)
-                    .with_access_key_id(&s3.access_key)
-                    .with_secret_access_key(&s3.secret_key)
-                    .with_endpoint(s3.endpoint.clone().unwrap_or_default())
-                    .with_allow_http(true)
-                    .with_virtual_hosted_style_request(false)
-                    .build()?;
+                let client = upline_storage::testing::plain_client(s3)?;
                 Ok(Stores::S3Pg {
                     s3: Arc::new(client),
                     pg: pg.clone(),
