@@ -283,11 +283,15 @@ impl Node {
         work: impl std::future::Future<Output = Result<T, CoreError>>,
     ) -> Result<T, CoreError> {
         let term = std::time::Duration::from_millis(self.cfg.lease_ms.max(1) as u64);
+        let finished = CancellationToken::new();
         let renew = async {
             // Taken just before `work` started, until about now + term.
             let mut held_until = tokio::time::Instant::now() + term;
             loop {
-                tokio::time::sleep(term / 3).await;
+                tokio::select! {
+                    () = tokio::time::sleep(term / 3) => {}
+                    () = finished.cancelled() => return,
+                }
                 let stop_at = held_until - term / 4;
                 let sent = tokio::time::Instant::now();
                 let now = lease_clock_ms();
@@ -314,9 +318,17 @@ impl Node {
             cancel.cancel();
         };
         tokio::pin!(work);
+        tokio::pin!(renew);
         tokio::select! {
-            result = &mut work => result,
-            () = renew => work.await,
+            result = &mut work => {
+                // A renewal already sent is awaited, not dropped: it could
+                // land after the caller's release and hold the lease for
+                // another term, with other nodes answering Busy.
+                finished.cancel();
+                (&mut renew).await;
+                result
+            }
+            () = &mut renew => work.await,
         }
     }
 

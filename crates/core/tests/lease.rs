@@ -197,6 +197,10 @@ struct GatedLease {
     gate: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     /// Another owner takes the lease just before every leased advance.
     steal_before_commit: bool,
+    /// Every lease call after the first (the renewals) reaches the store
+    /// this long after it was made, even if its caller stops waiting.
+    slow_renewals: Option<Duration>,
+    leases: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -245,6 +249,16 @@ impl SessionStore for GatedLease {
         if let Some(gate) = self.gate.lock().await.take() {
             let _ = gate.await;
         }
+        let earlier = self.leases.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let (Some(delay), 1..) = (self.slow_renewals, earlier) {
+            // Sent: it lands whether or not the caller still waits for it.
+            let (inner, ctx, owner) = (self.inner.clone(), ctx.to_owned(), owner.to_owned());
+            let on_its_way = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                inner.lease(&ctx, &owner, now_ms, until_ms).await
+            });
+            return on_its_way.await.expect("the renewal task");
+        }
         self.inner.lease(ctx, owner, now_ms, until_ms).await
     }
     async fn release(&self, ctx: &str, owner: &str) -> Result<(), StateError> {
@@ -264,6 +278,8 @@ async fn a_lease_taken_after_another_nodes_commit_writes_nothing() {
         inner: Arc::new(EmbeddedStore::open(dir.path().join("state.db")).unwrap()),
         gate: tokio::sync::Mutex::new(Some(gate)),
         steal_before_commit: false,
+        slow_renewals: None,
+        leases: Default::default(),
     });
     let blobs = Arc::new(Shared(FsStore::open(dir.path().join("blobs")).unwrap()));
     let keys = Keyring::new([("ak".to_owned(), "sk".to_owned())]);
@@ -314,6 +330,8 @@ async fn a_commit_after_the_lease_was_lost_is_refused() {
         inner: Arc::new(EmbeddedStore::open(dir.path().join("state.db")).unwrap()),
         gate: tokio::sync::Mutex::new(None),
         steal_before_commit: true,
+        slow_renewals: None,
+        leases: Default::default(),
     });
     let blobs = Arc::new(Shared(FsStore::open(dir.path().join("blobs")).unwrap()));
     let keys = Keyring::new([("ak".to_owned(), "sk".to_owned())]);
@@ -332,4 +350,45 @@ async fn a_commit_after_the_lease_was_lost_is_refused() {
     let r = b.upload_chunk(req(10, Some(&ctx)), body(vec![vec![2; 20]])).await;
     assert!(matches!(r, Err(CoreError::Superseded)), "{r:?}");
     assert_eq!(state.get(&ctx).await.unwrap().unwrap().offset, 10);
+}
+
+/// A renewal still on its way when the chunk ends is awaited before the
+/// lease is released: dropped, it reached the store after the release and
+/// held the lease for another term, and every other node answered Busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_in_flight_as_the_chunk_ends_does_not_outlive_the_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(GatedLease {
+        inner: Arc::new(EmbeddedStore::open(dir.path().join("state.db")).unwrap()),
+        gate: tokio::sync::Mutex::new(None),
+        steal_before_commit: false,
+        slow_renewals: Some(Duration::from_millis(300)),
+        leases: Default::default(),
+    });
+    let blobs = Arc::new(Shared(FsStore::open(dir.path().join("blobs")).unwrap()));
+    let keys = Keyring::new([("ak".to_owned(), "sk".to_owned())]);
+    // Term 1 s: the renewal leaves at ~333 ms and lands at ~633 ms; the
+    // body ends at 400 ms, while it is on its way.
+    let b = Arc::new(Node::new(
+        blobs,
+        state.clone(),
+        keys,
+        Arc::new(NoCallbacks),
+        short_lease(),
+    ));
+    let (ctx, slow) = session_with_slow_chunk(&b, Duration::from_millis(400)).await;
+    assert_eq!(slow.await.unwrap().unwrap().offset, 30);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        state
+            .inner
+            .lease(&ctx, "another-node", now, now + 1000)
+            .await
+            .unwrap(),
+        "the lease is free after the chunk"
+    );
 }

@@ -96,6 +96,11 @@ impl Raw {
                 page.next_key_marker,
                 page.next_upload_id_marker,
             ) {
+                (Some(true), Some(key), Some(upload))
+                    if from.as_ref() == Some(&(key.clone(), upload.clone())) =>
+                {
+                    return Err(failed("the same page again (the markers did not move)".into()));
+                }
                 (Some(true), Some(key), Some(upload)) if !key.is_empty() => from = Some((key, upload)),
                 (Some(true), ..) => return Err(failed("a truncated page without its next markers".into())),
                 _ => return Ok(out),
