@@ -321,19 +321,25 @@ enum IdRecord {
     Known(String),
 }
 
+/// The object_store client for `cfg`'s bucket (path-style requests; plain
+/// HTTP only where the endpoint says so).
+pub(crate) fn client(cfg: &S3Config) -> object_store::Result<AmazonS3> {
+    let mut b = AmazonS3Builder::new()
+        .with_bucket_name(&cfg.bucket)
+        .with_region(&cfg.region)
+        .with_access_key_id(&cfg.access_key)
+        .with_secret_access_key(&cfg.secret_key)
+        .with_virtual_hosted_style_request(false);
+    if let Some(ep) = &cfg.endpoint {
+        b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+    }
+    b.build()
+}
+
 impl S3Store {
     /// Connects to the bucket (and checks that it answers).
     pub async fn open(cfg: S3Config) -> Result<Self, StorageError> {
-        let mut b = AmazonS3Builder::new()
-            .with_bucket_name(&cfg.bucket)
-            .with_region(&cfg.region)
-            .with_access_key_id(&cfg.access_key)
-            .with_secret_access_key(&cfg.secret_key)
-            .with_virtual_hosted_style_request(false);
-        if let Some(ep) = &cfg.endpoint {
-            b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
-        }
-        let s3 = b.build().map_err(io_err)?;
+        let s3 = client(&cfg).map_err(io_err)?;
         let mut store = Self {
             s3: Arc::new(s3),
             part: cfg.part_size,

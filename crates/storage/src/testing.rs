@@ -205,17 +205,9 @@ impl Drop for Garage {
     }
 }
 
-/// The bucket of `cfg` as a plain S3 client sees it: tests and the crash
-/// loop's checker look under upline's keys with it, and make what a
-/// crashed node would have left.
+/// The bucket of `cfg` as a plain S3 client sees it (the same client the
+/// store builds): tests and the crash loop's checker look under upline's
+/// keys with it, and make what a crashed node would have left.
 pub fn plain_client(cfg: &S3Config) -> object_store::Result<object_store::aws::AmazonS3> {
-    object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(&cfg.bucket)
-        .with_region(&cfg.region)
-        .with_access_key_id(&cfg.access_key)
-        .with_secret_access_key(&cfg.secret_key)
-        .with_endpoint(cfg.endpoint.clone().unwrap_or_default())
-        .with_allow_http(true)
-        .with_virtual_hosted_style_request(false)
-        .build()
+    crate::s3::client(cfg)
 }
