@@ -5,7 +5,8 @@ Runs each scenario against each contender, alternating A B A B, RUNS times,
 and prints medians and min-max as a Markdown table. Contenders so far:
 upline (release build, embedded default), the disk's limit (dd with a sync
 every 4 MiB), the stop-and-wait limit (`upline-bench bare-server`: the least a
-durable tus server does, with and without MD5, and dropping the bytes), one core's MD5 speed (openssl, and fast-md5, the node's
+durable tus server does, with and without MD5, and dropping the bytes; also under the 256 concurrent
+uploads, with its 1 MiB blocks and with upline's 64 KiB ones), one core's MD5 speed (openssl, and fast-md5, the node's
 own), and nginx reading and
 discarding 4 MiB bodies / answering /lbs with a fixed body (loopback
 limit; /lbs is measured on `upline serve --role lbs` over a PostgreSQL
@@ -325,7 +326,16 @@ def series(a, size_mib, rows):
         add(CONC_P50, c["p50_ms"])
         add(CONC_P99, c["p99_ms"])
         add(CONC_RSS, c["server_peak_rss_mib"])
+        add(CONC + ", CPU-s/GiB", c["server_cpu_s_per_gib"])
         add("query p50 µs, upline", u.bench("query")["p50_ms"] * 1000)
+    # The same 256 uploads on the bare server: with its 1 MiB blocks and no memory bound, and with
+    # the 64 KiB blocks that upline's write budget gives each of 256 writers.
+    for key, flags in ((BARE_CONC, ()), (BARE_CONC_64K, ("--block", "64KiB"))):
+        with Bare(*flags) as b:
+            c = b.bench("concurrent", "--uploads", "256", "--size", "16MiB", "--chunk", "1MiB")
+            add(key, c["mib_per_s"])
+            add(key + ", CPU-s/GiB", c["server_cpu_s_per_gib"])
+            add(key + ", peak RSS MiB", c["server_peak_rss_mib"])
     if a.s3:
         s3_series(a, add)
 
@@ -361,6 +371,8 @@ CONC = "concurrent 256×16 MiB, upline MiB/s"
 CONC_P50 = "concurrent, upline p50 chunk ms"
 CONC_P99 = "concurrent, upline p99 chunk ms"
 CONC_RSS = "concurrent, upline peak RSS MiB"
+BARE_CONC = "concurrent 256×16 MiB, bare durable server, 1 MiB blocks"
+BARE_CONC_64K = "concurrent 256×16 MiB, bare durable server, 64 KiB blocks"
 S3_UPLINE = "S3 (Garage), upline 4 MiB chunks, one part each (auto: parts layout)"
 S3_CHUNKS = "S3 (Garage), upline 4 MiB chunks, 8 MiB parts (chunks layout)"
 S3_PLAIN = "S3 (Garage), plain multipart, 8 MiB parts"
@@ -394,6 +406,8 @@ def targets(rows):
             ("(the bare server with MD5, dropping the bytes, vs one core's MD5)", m[BARE_MD5_DROP] / m[MD5],
              ">=", 0.8),
             ("concurrent vs single", m[CONC] / m[SINGLE], ">=", 0.8),
+            ("(concurrent vs the bare server, concurrent, 64 KiB blocks)", m[CONC] / m[BARE_CONC_64K], ">=", 0.8),
+            ("(the bare server, concurrent, 1 MiB blocks, vs its single)", m[BARE_CONC] / m[BARE], ">=", 0.8),
             ("concurrent p99 / p50", m[CONC_P99] / m[CONC_P50], "<=", 5.0),
             ("concurrent peak RSS MiB", m[CONC_RSS], "<=", 150),
             ("lbs vs nginx", m[LBS] / m[LBS_NGINX], ">=", 0.8),

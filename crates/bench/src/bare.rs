@@ -25,7 +25,8 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 /// Bytes per write, as in upline's file store.
-const BLOCK: usize = 1 << 20;
+/// The default block: what upline uses for a lone upload.
+pub const BLOCK: usize = 1 << 20;
 /// What `O_DIRECT` needs of offsets, lengths and memory.
 const ALIGN: usize = 4096;
 
@@ -37,11 +38,21 @@ pub struct BareConfig {
     pub write: bool,
     /// Hash every body with MD5 on a thread of its own.
     pub md5: bool,
+    /// Bytes per direct write (a multiple of 4 KiB).
+    pub block: usize,
 }
 
 /// Serves on `listener` until the process ends.
 pub async fn serve(cfg: BareConfig, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
-    let shared = Arc::new((cfg, AtomicU64::new(0), Pool::default()));
+    anyhow::ensure!(
+        cfg.block > 0 && cfg.block.is_multiple_of(ALIGN),
+        "the block must be a positive multiple of {ALIGN}"
+    );
+    let pool = Pool {
+        block: cfg.block,
+        free: Default::default(),
+    };
+    let shared = Arc::new((cfg, AtomicU64::new(0), pool));
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
@@ -119,7 +130,7 @@ async fn handle(
         while !data.is_empty() {
             let taken = block.fill(&data);
             data = data.split_off(taken);
-            if block.len == BLOCK {
+            if block.len == cfg.block {
                 let full = std::mem::replace(&mut block, pool.take());
                 if let Some(f) = &files {
                     let f = f.clone();
@@ -130,7 +141,7 @@ async fn handle(
                 } else {
                     pool.give(full);
                 }
-                pos += BLOCK as u64;
+                pos += cfg.block as u64;
             }
         }
     }
@@ -192,24 +203,26 @@ impl Files {
 
 /// Blocks kept for the next body: a fresh one would cost a page fault per
 /// 4 KiB (capped near 300 MB/s on this VM) or a memset.
-#[derive(Default)]
-struct Pool(std::sync::Mutex<Vec<Aligned>>);
+struct Pool {
+    block: usize,
+    free: std::sync::Mutex<Vec<Aligned>>,
+}
 
 impl Pool {
     fn take(&self) -> Aligned {
-        let reused = self.0.lock().ok().and_then(|mut v| v.pop());
-        reused.unwrap_or_else(Aligned::new)
+        let reused = self.free.lock().ok().and_then(|mut v| v.pop());
+        reused.unwrap_or_else(|| Aligned::new(self.block))
     }
 
     fn give(&self, mut b: Aligned) {
         b.len = 0;
-        if let Ok(mut v) = self.0.lock() {
+        if let Ok(mut v) = self.free.lock() {
             v.push(b);
         }
     }
 }
 
-/// A [`BLOCK`] of memory aligned for `O_DIRECT`: a vector one alignment
+/// A block of memory aligned for `O_DIRECT`: a vector one alignment
 /// longer than needed, used from its first aligned byte (safe code).
 struct Aligned {
     raw: Vec<u8>,
@@ -218,15 +231,15 @@ struct Aligned {
 }
 
 impl Aligned {
-    fn new() -> Self {
-        let raw = vec![0u8; BLOCK + ALIGN];
+    fn new(block: usize) -> Self {
+        let raw = vec![0u8; block + ALIGN];
         let start = raw.as_ptr().align_offset(ALIGN);
         Self { raw, start, len: 0 }
     }
 
     /// Copies what fits of `data`; how much that was.
     fn fill(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(BLOCK - self.len);
+        let n = data.len().min(self.raw.len() - ALIGN - self.len);
         let at = self.start + self.len;
         self.raw[at..at + n].copy_from_slice(&data[..n]);
         self.len += n;

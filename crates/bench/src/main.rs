@@ -82,6 +82,10 @@ enum Scenario {
         /// Content-MD5.
         #[arg(long)]
         md5: bool,
+        /// Bytes per direct write: 64KiB is what upline's blocks shrink to
+        /// with 256 uploads at once (its memory budget).
+        #[arg(long, default_value = "1MiB", value_parser = size)]
+        block: u64,
     },
     /// Starts Garage (as the tests do) with a bucket `bench`, prints its
     /// endpoint and keys as JSON, and runs until stdin closes.
@@ -138,11 +142,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             upline_bench::s3::plain_multipart(&target, size, part_size as usize).await?
         }
-        Scenario::BareServer { dir, no_write, md5 } => {
+        Scenario::BareServer {
+            dir,
+            no_write,
+            md5,
+            block,
+        } => {
             let cfg = upline_bench::bare::BareConfig {
                 dir,
                 write: !no_write,
                 md5,
+                block: usize::try_from(block)?,
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             println!("{}", listener.local_addr()?.port());

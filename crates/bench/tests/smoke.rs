@@ -46,31 +46,35 @@ async fn every_scenario_runs_and_reports() {
 
 /// The bare server stores exactly what a tus client sent: aligned blocks
 /// through `O_DIRECT`, a short last chunk through the page cache, each at
-/// its offset. A misplaced block or a dropped tail changes the file.
+/// its offset, with its default blocks and with upline's smallest. A
+/// misplaced block or a dropped tail changes the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_server_stores_every_byte_at_its_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let cfg = upline_bench::bare::BareConfig {
-        dir: dir.path().to_owned(),
-        write: true,
-        md5: true,
-    };
-    let server = tokio::spawn(upline_bench::bare::serve(cfg, listener));
-    let t = Target {
-        base,
-        proto: Proto::Tus,
-        pid: None,
-    };
-    // 2.5 MiB chunks: blocks split across chunks, and a 1000-byte tail.
-    let (size, chunk) = ((5 << 20) + 1000, (5 << 20) / 2);
-    let r = upline_bench::single(&t, size, chunk, false).await.unwrap();
-    assert_eq!((r.bytes, r.requests, r.errors), (size, 4, 0));
-    let stored = std::fs::read(dir.path().join("0")).unwrap();
-    let data = upline_bench::payload(chunk);
-    let expected: Vec<u8> = data.iter().copied().cycle().take(size as usize).collect();
-    assert_eq!(stored.len(), expected.len());
-    assert!(stored == expected, "stored bytes differ from the upload");
-    server.abort();
+    for block in [upline_bench::bare::BLOCK, 64 << 10] {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let cfg = upline_bench::bare::BareConfig {
+            dir: dir.path().to_owned(),
+            write: true,
+            md5: true,
+            block,
+        };
+        let server = tokio::spawn(upline_bench::bare::serve(cfg, listener));
+        let t = Target {
+            base,
+            proto: Proto::Tus,
+            pid: None,
+        };
+        // 2.5 MiB chunks: blocks split across chunks, and a 1000-byte tail.
+        let (size, chunk) = ((5 << 20) + 1000, (5 << 20) / 2);
+        let r = upline_bench::single(&t, size, chunk, false).await.unwrap();
+        assert_eq!((r.bytes, r.requests, r.errors), (size, 4, 0));
+        let stored = std::fs::read(dir.path().join("0")).unwrap();
+        let data = upline_bench::payload(chunk);
+        let expected: Vec<u8> = data.iter().copied().cycle().take(size as usize).collect();
+        assert_eq!(stored.len(), expected.len(), "block {block}");
+        assert!(stored == expected, "stored bytes differ from the upload (block {block})");
+        server.abort();
+    }
 }

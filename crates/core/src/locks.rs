@@ -40,17 +40,49 @@ impl SessionLocks {
     /// Waits for the session's lock; with `preempt`, first asks the
     /// current holder to give up its body read.
     pub async fn acquire(&self, ctx: &str, preempt: bool) -> SessionGuard<'_> {
-        let slot = self
-            .slots
-            .lock()
-            .expect("lock table poisoned")
-            .entry(ctx.to_owned())
-            .or_default()
-            .clone();
+        let slot = self.slot(ctx);
         if preempt && let Some(holder) = slot.holder.lock().expect("slot poisoned").as_ref() {
             holder.cancel();
         }
         let held = slot.lock.clone().lock_owned().await;
+        self.guard(ctx, slot, held)
+    }
+
+    /// The session's lock if nobody holds it now. This is the common case
+    /// (one client, one chunk at a time), and it spares the caller the
+    /// session read that decides whether to preempt.
+    pub fn try_acquire(&self, ctx: &str) -> Option<SessionGuard<'_>> {
+        let slot = self.slot(ctx);
+        match slot.lock.clone().try_lock_owned() {
+            Ok(held) => Some(self.guard(ctx, slot, held)),
+            Err(_) => {
+                // The holder may have let go between its own clean-up and
+                // our try: then nobody else has the slot and it is ours to
+                // remove, as a guard's drop would.
+                let mut slots = self.slots.lock().expect("lock table poisoned");
+                if Arc::strong_count(&slot) == 2 {
+                    slots.remove(ctx);
+                }
+                None
+            }
+        }
+    }
+
+    fn slot(&self, ctx: &str) -> Arc<Slot> {
+        self.slots
+            .lock()
+            .expect("lock table poisoned")
+            .entry(ctx.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn guard(
+        &self,
+        ctx: &str,
+        slot: Arc<Slot>,
+        held: tokio::sync::OwnedMutexGuard<()>,
+    ) -> SessionGuard<'_> {
         let cancel = CancellationToken::new();
         *slot.holder.lock().expect("slot poisoned") = Some(cancel.clone());
         SessionGuard {
@@ -98,6 +130,19 @@ mod tests {
         drop(other);
         drop(g1);
         drop(locks.acquire("a", false).await);
+        assert!(locks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn try_acquire_takes_a_free_lock_only() {
+        let locks = SessionLocks::default();
+        let g1 = locks.try_acquire("a").expect("a free lock is taken");
+        assert!(locks.try_acquire("a").is_none(), "a held lock is not");
+        let waiting = tokio::time::timeout(Duration::from_millis(50), locks.acquire("a", false)).await;
+        assert!(waiting.is_err(), "try_acquire's guard holds the lock");
+        drop(g1);
+        assert!(locks.is_empty(), "a failed try leaves no entry behind");
+        drop(locks.try_acquire("a").expect("free again"));
         assert!(locks.is_empty());
     }
 

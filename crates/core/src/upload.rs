@@ -139,10 +139,17 @@ impl Node {
         body: ByteStream,
     ) -> Result<ChunkReply, CoreError> {
         UploadCtx::parse(ctx).map_err(|_| CoreError::UnknownCtx)?;
-        let seen = self.live_session(ctx, &req.path, req.now).await?;
-        // Only a request that can win may preempt the current writer.
-        let preempt = seen.completed_at.is_none() && seen.offset == req.params.offset;
-        let guard = self.locks.acquire(ctx, preempt).await;
+        // The session is read under the lock. Only when another request
+        // holds it is the session read first too, since only a request
+        // that can win may preempt the current writer.
+        let guard = match self.locks.try_acquire(ctx) {
+            Some(guard) => guard,
+            None => {
+                let seen = self.live_session(ctx, &req.path, req.now).await?;
+                let preempt = seen.completed_at.is_none() && seen.offset == req.params.offset;
+                self.locks.acquire(ctx, preempt).await
+            }
+        };
         let session = self.live_session(ctx, &req.path, req.now).await?;
         let offset = req.params.offset;
         if session.completed_at.is_none() && offset == session.offset {
