@@ -281,7 +281,8 @@ def md5_core():
 
 
 def summary(values):
-    return f"{statistics.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
+    digits = 2 if statistics.median(values) < 10 else 0
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
 def series(a, size_mib, rows):
