@@ -66,15 +66,24 @@ async fn bare_server_stores_every_byte_at_its_offset() {
             proto: Proto::Tus,
             pid: None,
         };
-        // 2.5 MiB chunks: blocks split across chunks, and a 1000-byte tail.
-        let (size, chunk) = ((5 << 20) + 1000, (5 << 20) / 2);
-        let r = upline_bench::single(&t, size, chunk, false).await.unwrap();
-        assert_eq!((r.bytes, r.requests, r.errors), (size, 4, 0));
+        // Chunks of 2.5 MiB + 12 KiB: blocks of either size split across
+        // chunks, and a 1000-byte tail.
+        let chunk = (5 << 20) / 2 + (12 << 10);
+        let size = 3 * chunk as u64 + 1000;
+        let sent = upline_bench::single(&t, size, chunk, false);
+        let r = tokio::time::timeout(std::time::Duration::from_secs(60), sent)
+            .await
+            .expect("the upload finishes")
+            .unwrap();
+        assert_eq!((r.bytes, r.requests, r.errors), (size, 5, 0));
         let stored = std::fs::read(dir.path().join("0")).unwrap();
         let data = upline_bench::payload(chunk);
         let expected: Vec<u8> = data.iter().copied().cycle().take(size as usize).collect();
         assert_eq!(stored.len(), expected.len(), "block {block}");
-        assert!(stored == expected, "stored bytes differ from the upload (block {block})");
+        assert!(
+            stored == expected,
+            "stored bytes differ from the upload (block {block})"
+        );
         server.abort();
     }
 }

@@ -421,6 +421,11 @@ fn block_len(pos: u64, size: usize) -> usize {
 /// once a 1 MiB chunk is 16 small blocks, and every hand-off to the blocking
 /// pool costs two thread switches. Opening again after a failure is fine:
 /// the write fails with the first error anyway.
+///
+/// What it changes: a write at a later offset of a blob with no staged
+/// file (which a session never has) learns [`StorageError::NotFound`] only
+/// once a block of its body has arrived, and a body that fails before
+/// that reports the body's error instead.
 struct Opening {
     store: FsStore,
     id: BlobId,
