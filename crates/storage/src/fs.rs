@@ -50,6 +50,7 @@ pub struct FsStore {
     /// Created on first use.
     quarantine: PathBuf,
     buffers: Arc<Buffers>,
+    running: Arc<Running>,
     on_sync: SyncObserver,
 }
 
@@ -87,6 +88,7 @@ impl FsStore {
             objects,
             quarantine: root.join("quarantine"),
             buffers: Arc::default(),
+            running: Arc::default(),
             on_sync: SyncObserver::default(),
         })
     }
@@ -216,11 +218,14 @@ impl FsStore {
         offset: u64,
         mut body: ByteStream,
     ) -> Result<u64, StorageError> {
+        let (serial, done) = self.running.enter(id).await;
         let files = Arc::new(Opening {
             store: self.clone(),
             id: id.clone(),
             offset,
             files: std::sync::OnceLock::new(),
+            serial,
+            _done: done.drop_guard(),
         });
 
         let _writing = Writing::enter(&self.buffers);
@@ -248,6 +253,8 @@ impl FsStore {
                         pos += full.filled().len() as u64;
                         let files = files.clone();
                         inflight.push_back(spawn_blocking(move || {
+                            #[cfg(test)]
+                            tests::stall_once();
                             let r = files.get().and_then(|f| Ok(f.write_block(full.filled(), at)?));
                             (full, r)
                         }));
@@ -431,6 +438,61 @@ struct Opening {
     id: BlobId,
     offset: u64,
     files: std::sync::OnceLock<Files>,
+    /// This write's entry in [`Running`], given back with the last job.
+    serial: u64,
+    _done: tokio_util::sync::DropGuard,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.store.running.leave(&self.id, self.serial);
+    }
+}
+
+/// The writes whose blocking jobs may still run, one per blob.
+///
+/// A write awaits its jobs before it returns, but a request whose client
+/// leaves after sending the whole body is dropped by hyper (seen: no
+/// answer, no log line), and with it the write while its jobs run on. The
+/// session's lock goes with the request, and a retry of the same chunk
+/// could then write its bytes while a stale job still writes the old
+/// ones to the same place, after them. So a write to a blob first waits
+/// for every job of the one before it to end.
+#[derive(Debug, Default)]
+struct Running {
+    writes: std::sync::Mutex<std::collections::HashMap<BlobId, (u64, tokio_util::sync::CancellationToken)>>,
+    serials: std::sync::atomic::AtomicU64,
+}
+
+impl Running {
+    /// Waits until no earlier write to `id` has a job left, then records
+    /// this one: its serial, and the token its jobs cancel when done.
+    async fn enter(&self, id: &BlobId) -> (u64, tokio_util::sync::CancellationToken) {
+        loop {
+            let earlier = {
+                let mut writes = self.writes.lock().expect("running writes poisoned");
+                match writes.get(id) {
+                    Some((_, done)) if !done.is_cancelled() => done.clone(),
+                    _ => {
+                        let serial = self.serials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let done = tokio_util::sync::CancellationToken::new();
+                        writes.insert(id.clone(), (serial, done.clone()));
+                        return (serial, done);
+                    }
+                }
+            };
+            earlier.cancelled().await;
+        }
+    }
+
+    /// Forgets write `serial` of `id` (its last job ended), unless a later
+    /// write has taken its place.
+    fn leave(&self, id: &BlobId, serial: u64) {
+        let mut writes = self.writes.lock().expect("running writes poisoned");
+        if writes.get(id).is_some_and(|(s, _)| *s == serial) {
+            writes.remove(id);
+        }
+    }
 }
 
 impl Opening {
@@ -686,6 +748,53 @@ fn start_writeback(_file: &File, _pos: u64, _len: u64) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// How long the next block job waits before it writes (once).
+    static STALL_NEXT_MS: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn stall_once() {
+        let ms = STALL_NEXT_MS.swap(0, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    /// A write dropped while its block job runs (hyper drops a request
+    /// whose client left after sending the whole body) is followed by a
+    /// retry of the same chunk with other bytes: the retry waits for the
+    /// stale job, so its own bytes are the ones that stay. Without the
+    /// wait, the stale block landed after the retry had returned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_write_s_jobs_end_before_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let id = BlobId::new("dropped").unwrap();
+        let len = WRITE_BLOCK + 100;
+        STALL_NEXT_MS.store(400, Ordering::SeqCst);
+        let stale = store.write_at(&id, 0, crate::conformance::body(vec![vec![b'a'; len]]));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), stale)
+                .await
+                .is_err(),
+            "the first write is still waiting for its stalled block"
+        );
+        let started = std::time::Instant::now();
+        let n = store
+            .write_at(&id, 0, crate::conformance::body(vec![vec![b'b'; len]]))
+            .await
+            .unwrap();
+        assert_eq!(n, len as u64);
+        let waited = started.elapsed();
+        // Long enough for a stale job that did not hold the retry back.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stored = crate::conformance::read(&store, &id, 0, len as u64).await;
+        assert!(
+            stored.iter().all(|&b| b == b'b'),
+            "a stale block overwrote the retry"
+        );
+        assert!(waited >= Duration::from_millis(200), "the retry waited");
+        assert!(store.running.writes.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn blocks_after_an_unaligned_offset_are_aligned() {
