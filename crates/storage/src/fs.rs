@@ -254,7 +254,7 @@ impl FsStore {
                         let files = files.clone();
                         inflight.push_back(spawn_blocking(move || {
                             #[cfg(test)]
-                            tests::stall_once();
+                            tests::stall_once(&files.id);
                             let r = files.get().and_then(|f| Ok(f.write_block(full.filled(), at)?));
                             (full, r)
                         }));
@@ -748,15 +748,24 @@ fn start_writeback(_file: &File, _pos: u64, _len: u64) {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
-    /// How long the next block job waits before it writes (once).
-    static STALL_NEXT_MS: AtomicU64 = AtomicU64::new(0);
+    /// The blob whose next block job waits, and how long (once). Keyed by
+    /// blob so that the other tests of this binary, running at the same
+    /// time, are not stalled instead.
+    static STALL_NEXT: std::sync::Mutex<Option<(String, Duration)>> = std::sync::Mutex::new(None);
 
-    pub(super) fn stall_once() {
-        let ms = STALL_NEXT_MS.swap(0, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(ms));
+    pub(super) fn stall_once(id: &BlobId) {
+        let stall = {
+            let mut next = STALL_NEXT.lock().unwrap();
+            match next.as_ref() {
+                Some((blob, _)) if blob == id.as_str() => next.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, pause)) = stall {
+            std::thread::sleep(pause);
+        }
     }
 
     /// A write dropped while its block job runs (hyper drops a request
@@ -770,7 +779,7 @@ mod tests {
         let store = FsStore::open(dir.path()).unwrap();
         let id = BlobId::new("dropped").unwrap();
         let len = WRITE_BLOCK + 100;
-        STALL_NEXT_MS.store(400, Ordering::SeqCst);
+        *STALL_NEXT.lock().unwrap() = Some(("dropped".into(), Duration::from_millis(400)));
         let stale = store.write_at(&id, 0, crate::conformance::body(vec![vec![b'a'; len]]));
         assert!(
             tokio::time::timeout(Duration::from_millis(100), stale)
