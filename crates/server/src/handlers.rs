@@ -52,7 +52,23 @@ pub async fn upload(
                 next
             })
             .map_err(io::Error::other);
-            match app.node.upload_chunk(chunk, Box::pin(stream)).await {
+            let node = app.node.clone();
+            let upload = async move { node.upload_chunk(chunk, Box::pin(stream)).await };
+            let outcome = if declared_length(&parts.headers) {
+                // hyper drops a request whose client leaves, and a client
+                // on a dying connection often leaves right after its last
+                // byte, before the 200. Run on its own, the chunk is
+                // stored and committed all the same, and the resume query
+                // spares the client sending it again. Only with a declared
+                // length: a body cut short then fails its length check,
+                // where a chunked one could seem to end cleanly.
+                let task = tokio::spawn(tracing::Instrument::in_current_span(upload));
+                task.await
+                    .unwrap_or_else(|e| Err(CoreError::Internal(format!("chunk task failed: {e}").into())))
+            } else {
+                upload.await
+            };
+            match outcome {
                 Ok(r) => {
                     tracing::info!(offset = r.offset, "chunk stored");
                     Json(UploadOk::new(&rid.0, r.offset, &r.context, r.callback_ret_msg)).into_response()
@@ -66,6 +82,12 @@ pub async fn upload(
             .insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// Whether the body's length is declared (`Content-Length`, no
+/// `Transfer-Encoding`), so that a body cut short is told from a whole one.
+fn declared_length(h: &HeaderMap) -> bool {
+    h.contains_key(header::CONTENT_LENGTH) && !h.contains_key(header::TRANSFER_ENCODING)
 }
 
 /// The most of a refused chunk's body read so that its connection stays

@@ -276,3 +276,57 @@ async fn a_failed_first_chunk_leaves_no_bytes_behind() {
     }
     panic!("staged bytes of a session that never existed were left behind");
 }
+
+/// A phone whose connection dies right after it sent a whole chunk never
+/// reads the 200. The chunk is stored and committed all the same, so that
+/// the resume query tells the client not to send those bytes again. (hyper
+/// drops a request whose client has left; the chunk used to go with it.)
+/// A body cut short is still refused: its `Content-Length` was not met.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_chunk_whose_client_left_is_committed() {
+    use tokio::io::AsyncWriteExt;
+    // The test polls the resume point.
+    let n = start_with(|c| {
+        c.query_rate_per_ip = 0;
+        c.query_rate_per_token = 0;
+    })
+    .await;
+    let t = token("doc", "gone");
+    let ctx = first(&n, "/doc/gone", &t, data(1000, 1)).await;
+    let second = data(3 << 20, 2);
+    for (sent, committed) in [(second.len() / 2, 1000), (second.len(), 1000 + second.len())] {
+        let mut s = tokio::net::TcpStream::connect(n.srv().addr).await.unwrap();
+        let head = format!(
+            "POST /doc/gone?offset=1000&complete=false&version=1.0&context={ctx} HTTP/1.1\r\n\
+             Host: x\r\nx-nos-token: {t}\r\nContent-Length: {}\r\n\r\n",
+            second.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&second[..sent]).await.unwrap();
+        drop(s);
+        let mut offset = 0;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let (status, b) = n.query("/doc/gone", &t, &ctx).await;
+            assert_eq!(status, 200, "{b}");
+            offset = b["offset"].as_u64().unwrap();
+            if offset == committed as u64 {
+                break;
+            }
+        }
+        assert_eq!(offset, committed as u64, "after {sent} bytes sent");
+    }
+    let (s, b) = n
+        .send(Chunk::new(
+            "/doc/gone",
+            &t,
+            (1000 + second.len()) as u64,
+            true,
+            Some(&ctx),
+            data(10, 3),
+        ))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let stored = n.object_bytes("doc", "gone").await.unwrap();
+    assert_eq!(stored, [data(1000, 1), second, data(10, 3)].concat());
+}
