@@ -7,17 +7,18 @@
 //! while the other sessions carry on. The real full disk is in
 //! crates/torture/tests/full_disk.rs.
 
+mod common;
+
+use common::NoCallbacks;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use upline_core::{CallbackSender, ChunkRequest, Config, CoreError, Keyring, Node};
-use upline_proto::callback::CallbackBody;
+use upline_core::{ChunkRequest, Config, CoreError, Keyring, Node};
 use upline_proto::{ObjectPath, PutPolicy, ResumeParams, UploadParams};
 use upline_state::EmbeddedStore;
 use upline_storage::conformance::body;
@@ -119,15 +120,6 @@ impl BlobStore for Faulty {
     }
     async fn list_staged(&self) -> Result<Vec<BlobId>, StorageError> {
         self.inner.list_staged().await
-    }
-}
-
-struct NoCallbacks;
-
-#[async_trait::async_trait]
-impl CallbackSender for NoCallbacks {
-    async fn post(&self, _: &str, _: &CallbackBody, _: Duration) -> Result<Bytes, String> {
-        Err("no callbacks in this test".into())
     }
 }
 

@@ -2,13 +2,15 @@
 //! the other's write to that session is refused (400 Busy), not
 //! interleaved; afterwards either can continue.
 
+mod common;
+
+use common::{NoCallbacks, req};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use upline_core::{CallbackSender, ChunkRequest, Config, CoreError, Keyring, Node};
-use upline_proto::callback::CallbackBody;
-use upline_proto::{ObjectPath, PutPolicy, UploadParams};
+use upline_core::{Config, CoreError, Keyring, Node};
 use upline_state::{Advance, Advanced, EmbeddedStore, ObjectRecord, Session, SessionStore, StateError};
 use upline_storage::conformance::body;
 use upline_storage::{BlobId, BlobStore, ByteStream, FsStore, StorageError};
@@ -35,15 +37,6 @@ impl BlobStore for Shared {
     }
     fn shared(&self) -> bool {
         true
-    }
-}
-
-struct NoCallbacks;
-
-#[async_trait::async_trait]
-impl CallbackSender for NoCallbacks {
-    async fn post(&self, _: &str, _: &CallbackBody, _: Duration) -> Result<Bytes, String> {
-        Err("none".into())
     }
 }
 
@@ -131,29 +124,6 @@ async fn a_chunk_whose_lease_is_lost_stores_nothing() {
     let r = slow.await.unwrap();
     assert!(matches!(r, Err(CoreError::Superseded)), "{r:?}");
     assert_eq!(state.get(&ctx).await.unwrap().unwrap().offset, 10);
-}
-
-fn req(offset: u64, ctx: Option<&str>) -> ChunkRequest {
-    let token = PutPolicy {
-        bucket: "doc".into(),
-        object: "o".into(),
-        expires: Some(10_000),
-        ..Default::default()
-    }
-    .sign("ak", b"sk");
-    ChunkRequest {
-        path: ObjectPath::parse("/doc/o").unwrap(),
-        params: UploadParams {
-            offset,
-            complete: false,
-            context: ctx.map(str::to_owned),
-        },
-        token: Some(token),
-        content_length: None,
-        content_type: None,
-        content_md5: None,
-        now: 1_000,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,48 +2,18 @@
 //! at the committed offset preempts the stalled request that still holds
 //! the session's lock, instead of waiting for the server to notice.
 
+mod common;
+
+use common::{NoCallbacks, req};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use upline_core::{CallbackSender, ChunkRequest, Config, CoreError, Keyring, Node};
-use upline_proto::callback::CallbackBody;
-use upline_proto::{ObjectPath, PutPolicy, UploadParams};
+use upline_core::{Config, CoreError, Keyring, Node};
 use upline_state::EmbeddedStore;
 use upline_storage::conformance::body;
 use upline_storage::{BlobId, ByteStream, FsStore};
-
-struct NoCallbacks;
-
-#[async_trait::async_trait]
-impl CallbackSender for NoCallbacks {
-    async fn post(&self, _: &str, _: &CallbackBody, _: Duration) -> Result<Bytes, String> {
-        Err("none".into())
-    }
-}
-
-fn req(offset: u64, ctx: Option<&str>) -> ChunkRequest {
-    let token = PutPolicy {
-        bucket: "doc".into(),
-        object: "o".into(),
-        expires: Some(10_000),
-        ..Default::default()
-    }
-    .sign("ak", b"sk");
-    ChunkRequest {
-        path: ObjectPath::parse("/doc/o").unwrap(),
-        params: UploadParams {
-            offset,
-            complete: false,
-            context: ctx.map(str::to_owned),
-        },
-        token: Some(token),
-        content_length: None,
-        content_type: None,
-        content_md5: None,
-        now: 1_000,
-    }
-}
 
 /// A body that sends `first` and then never another byte.
 fn stalled(first: Vec<u8>) -> ByteStream {

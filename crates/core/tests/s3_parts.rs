@@ -4,29 +4,22 @@
 //! touching the layout, a whole-object MD5 claimed at completion is
 //! checked (the parts are assembled for it), and the object is served.
 
+mod common;
+
+use common::NoCallbacks;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use md5::Digest;
-use upline_core::{CallbackSender, ChunkRequest, Config, CoreError, Keyring, Node};
-use upline_proto::callback::CallbackBody;
+use upline_core::{ChunkRequest, Config, CoreError, Keyring, Node};
 use upline_proto::{ObjectPath, PutPolicy, UploadParams};
 use upline_state::EmbeddedStore;
 use upline_storage::conformance::body;
 use upline_storage::s3::{Layout, S3Store};
 use upline_storage::testing::Garage;
 use upline_storage::{BlobId, BlobStore};
-
-struct NoCallbacks;
-
-#[async_trait::async_trait]
-impl CallbackSender for NoCallbacks {
-    async fn post(&self, _: &str, _: &CallbackBody, _: Duration) -> Result<Bytes, String> {
-        Err("none".into())
-    }
-}
 
 fn req(offset: u64, ctx: Option<&str>, complete: bool, md5: Option<&[u8]>) -> ChunkRequest {
     let token = PutPolicy {
