@@ -52,9 +52,13 @@ pub async fn upload(
                 next
             })
             .map_err(io::Error::other);
+            // The length the core checks the body against, so a body cut
+            // short is told from a whole one (a chunked body's end is not).
+            let declared =
+                chunk.content_length.is_some() && !parts.headers.contains_key(header::TRANSFER_ENCODING);
             let node = app.node.clone();
             let upload = async move { node.upload_chunk(chunk, Box::pin(stream)).await };
-            let outcome = if declared_length(&parts.headers) {
+            let outcome = if declared {
                 // hyper drops a request whose client leaves, and a client
                 // on a dying connection often leaves right after its last
                 // byte, before the 200. Run on its own, the chunk is
@@ -82,12 +86,6 @@ pub async fn upload(
             .insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
     }
     resp
-}
-
-/// Whether the body's length is declared (`Content-Length`, no
-/// `Transfer-Encoding`), so that a body cut short is told from a whole one.
-fn declared_length(h: &HeaderMap) -> bool {
-    h.contains_key(header::CONTENT_LENGTH) && !h.contains_key(header::TRANSFER_ENCODING)
 }
 
 /// The most of a refused chunk's body read so that its connection stays
