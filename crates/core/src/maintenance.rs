@@ -104,12 +104,9 @@ impl Node {
                 Some(_) => {}
             }
         }
-        // Not fatal: a store without ListMultipartUploads still serves. Not
-        // counted as fixed either: a clean stop leaves no unnamed upload,
-        // but another node's crash may have.
-        if let Err(e) = self.blobs.sweep_orphans(self.cfg.orphan_grace).await {
-            tracing::warn!(error = %e, "could not look for orphaned multipart uploads");
-        }
+        // Not counted as fixed: a clean stop leaves no unnamed upload, but
+        // another node's crash may have.
+        self.sweep_orphans(self.cfg.orphan_grace).await;
         Ok(fixed)
     }
 
@@ -290,15 +287,18 @@ impl Node {
                 self.state.delete_session(&s.ctx).await?;
             }
         }
-        let grace = self.cfg.orphan_grace.max(SERVING_GRACE);
-        done.orphan_uploads = match self.blobs.sweep_orphans(grace).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not look for orphaned multipart uploads");
-                0
-            }
-        };
+        done.orphan_uploads = self.sweep_orphans(self.cfg.orphan_grace.max(SERVING_GRACE)).await;
         Ok(done)
+    }
+
+    /// Aborts multipart uploads no record names that are older than
+    /// `grace`; how many. Not fatal: a store without ListMultipartUploads
+    /// still serves.
+    async fn sweep_orphans(&self, grace: std::time::Duration) -> usize {
+        self.blobs.sweep_orphans(grace).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not look for orphaned multipart uploads");
+            0
+        })
     }
 
     /// Deletes a blob nobody points at any more (a replaced object).
