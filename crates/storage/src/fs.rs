@@ -258,6 +258,13 @@ impl FsStore {
                             let r = files.get().and_then(|f| Ok(f.write_block(full.filled(), at)?));
                             (full, r)
                         }));
+                        // With `depth` 0 a write holds one block: it is
+                        // written before the body is read on.
+                        if depth == 0
+                            && let Some(h) = inflight.pop_front()
+                        {
+                            self.buffers.settle(h.await)?;
+                        }
                     }
                 }
             }
@@ -669,9 +676,23 @@ impl Buffers {
     /// dd's 4 MiB writes; measured +25% end to end for depth 4, and more
     /// again for 1 MiB blocks); many writes keep the disk busy together
     /// with one small block each.
+    ///
+    /// Past the writers whose 1 MiB blocks fit the budget one in flight and
+    /// one filling, each write holds one block (depth 0): it writes a block
+    /// before it reads on, and the block is twice as large. Each block is a
+    /// hand-off to the blocking pool and a thread asleep in the kernel, and
+    /// with many uploads the others keep the disk busy meanwhile: 256 at
+    /// once moved 1054 against 924 MiB/s at 1.09 against 1.43 CPU-s per GiB
+    /// (A B, 8 rounds each, same peak RSS; BENCHMARKS.md, session 8).
     fn plan(&self) -> (usize, usize) {
         let writers = self.writers.load(std::sync::atomic::Ordering::Relaxed).max(1);
-        let depth = if writers <= DEEP { DEEP } else { 1 };
+        let depth = if writers <= DEEP {
+            DEEP
+        } else if self.block_size(writers, 1) >= WRITE_BLOCK {
+            1
+        } else {
+            0
+        };
         (self.block_size(writers, depth), depth)
     }
 
@@ -826,11 +847,13 @@ mod tests {
         assert_eq!(b.filled().as_ptr(), before, "a full block never moves");
     }
 
-    /// Blocks shrink as writers grow, within the budget and the bounds.
+    /// Blocks shrink as writers grow, within the budget and the bounds;
+    /// past the writers that 1 MiB blocks two deep fit, a block is written
+    /// before the next fills (depth 0) and is twice as large.
     #[test]
     fn block_size_follows_the_number_of_writers() {
         let b = Buffers::default();
-        let plans: Vec<(usize, usize)> = [1usize, 4, 5, 64, 65, 128, 256, 10_000]
+        let plans: Vec<(usize, usize)> = [1usize, 4, 5, 16, 17, 64, 65, 128, 256, 10_000]
             .into_iter()
             .map(|n| {
                 b.writers.store(n, std::sync::atomic::Ordering::Relaxed);
@@ -842,11 +865,13 @@ mod tests {
             (1024 * k, DEEP),
             (1024 * k, DEEP),
             (1024 * k, 1),
-            (256 * k, 1),
-            (128 * k, 1),
-            (128 * k, 1),
-            (64 * k, 1),
-            (64 * k, 1),
+            (1024 * k, 1),
+            (1024 * k, 0),
+            (512 * k, 0),
+            (256 * k, 0),
+            (256 * k, 0),
+            (128 * k, 0),
+            (64 * k, 0),
         ];
         assert_eq!(plans, want);
         for n in [1, 3, 4, 5, 64, 100, 128, 256] {
