@@ -826,6 +826,45 @@ mod tests {
         assert!(store.running.writes.lock().unwrap().is_empty());
     }
 
+    /// With many writers at once each write holds one block (depth 0):
+    /// the bytes still land where they belong, across frames that split
+    /// blocks, from an unaligned offset, and the write returns only once
+    /// every block is on disk (its first block's job is held back 300 ms).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_among_many_writes_one_block_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        // As if 300 other writes ran: 64 KiB blocks, none in flight while
+        // the next fills.
+        store
+            .buffers
+            .writers
+            .store(300, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(store.buffers.plan(), (64 * 1024, 0));
+        let id = BlobId::new("many").unwrap();
+        let head = vec![9u8; 1000];
+        store
+            .write_at(&id, 0, crate::conformance::body(vec![head.clone()]))
+            .await
+            .unwrap();
+        let data: Vec<u8> = (0..5 * MIN_BLOCK + 333).map(|i| (i % 253) as u8).collect();
+        let frames: Vec<Vec<u8>> = data.chunks(40_000).map(<[u8]>::to_vec).collect();
+        *STALL_NEXT.lock().unwrap() = Some(("many".into(), Duration::from_millis(300)));
+        let started = std::time::Instant::now();
+        let n = store
+            .write_at(&id, head.len() as u64, crate::conformance::body(frames))
+            .await
+            .unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "the held-back block was awaited"
+        );
+        let stored = crate::conformance::read(&store, &id, 0, (head.len() + data.len()) as u64).await;
+        assert_eq!(stored[..head.len()], head[..]);
+        assert!(stored[head.len()..] == data[..], "the bytes after the head");
+    }
+
     #[test]
     fn blocks_after_an_unaligned_offset_are_aligned() {
         assert_eq!(block_len(0, WRITE_BLOCK), WRITE_BLOCK);
