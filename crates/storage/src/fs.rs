@@ -452,6 +452,18 @@ struct Opening {
     _done: tokio_util::sync::DropGuard,
 }
 
+impl Opening {
+    /// Blocking.
+    fn get(&self) -> Result<&Files, StorageError> {
+        if let Some(f) = self.files.get() {
+            return Ok(f);
+        }
+        let opened = self.store.open_staged(&self.id, self.offset)?;
+        // Two jobs may race here; both files are the same, one is kept.
+        Ok(self.files.get_or_init(|| opened))
+    }
+}
+
 impl Drop for Opening {
     fn drop(&mut self) {
         self.store.running.leave(&self.id, self.serial);
@@ -501,18 +513,6 @@ impl Running {
         if writes.get(id).is_some_and(|(s, _)| *s == serial) {
             writes.remove(id);
         }
-    }
-}
-
-impl Opening {
-    /// Blocking.
-    fn get(&self) -> Result<&Files, StorageError> {
-        if let Some(f) = self.files.get() {
-            return Ok(f);
-        }
-        let opened = self.store.open_staged(&self.id, self.offset)?;
-        // Two jobs may race here; both files are the same, one is kept.
-        Ok(self.files.get_or_init(|| opened))
     }
 }
 
