@@ -286,11 +286,7 @@ async fn a_failed_first_chunk_leaves_no_bytes_behind() {
 async fn a_whole_chunk_whose_client_left_is_committed() {
     use tokio::io::AsyncWriteExt;
     // The test polls the resume point.
-    let n = start_with(|c| {
-        c.query_rate_per_ip = 0;
-        c.query_rate_per_token = 0;
-    })
-    .await;
+    let n = start_unthrottled().await;
     let t = token("doc", "gone");
     let ctx = first(&n, "/doc/gone", &t, data(1000, 1)).await;
     let second = data(3 << 20, 2);

@@ -11,11 +11,7 @@ use common::*;
 
 #[tokio::test]
 async fn a_refusal_before_the_body_says_the_connection_closes() {
-    let n = start_with(|c| {
-        c.query_rate_per_ip = 0;
-        c.query_rate_per_token = 0;
-    })
-    .await;
+    let n = start_unthrottled().await;
     let t = token("doc", "big");
     let (s, b) = n
         .send(Chunk::new("/doc/big", &t, 0, false, None, data(1000, 1)))

@@ -40,6 +40,16 @@ pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestNode {
     wrap(TestServer::start(tweak).await)
 }
 
+/// A node without the resume query's rate limits, for tests that poll the
+/// resume point or query after every refusal.
+pub async fn start_unthrottled() -> TestNode {
+    start_with(|c| {
+        c.query_rate_per_ip = 0;
+        c.query_rate_per_token = 0;
+    })
+    .await
+}
+
 /// A node on an existing data directory (a restart).
 pub async fn start_in(tmp: Arc<tempfile::TempDir>, tweak: impl FnOnce(&mut ServerConfig)) -> TestNode {
     wrap(TestServer::start_in(tmp, tweak).await)
