@@ -194,6 +194,20 @@ impl FsStore {
             }
             Err(e) => return Err(e.into()),
         };
+        // Bytes past `size` are dropped; bytes missing below it are an
+        // error, never zeros: every acknowledged byte was synced into this
+        // file, so a short file means some were lost, and publishing it
+        // would hide that (the S3 store refuses the same way).
+        let held = file.metadata()?.len();
+        if held < size {
+            return Err(StorageError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "staged {} holds {held} bytes, fewer than the {size} committed",
+                    id.as_str()
+                ),
+            )));
+        }
         file.set_len(size)?;
         file.sync_all()?;
         let shard = self.shard(id);
@@ -213,23 +227,14 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl FsStore {
-    /// [`BlobStore::write_at`], but for giving back a failed write's space.
+    /// [`BlobStore::write_at`] into `files`, but for giving back a failed
+    /// write's space.
     async fn write_blocks(
         &self,
-        id: &BlobId,
+        files: &Arc<Opening>,
         offset: u64,
         mut body: ByteStream,
     ) -> Result<u64, StorageError> {
-        let (serial, done) = self.running.enter(id).await;
-        let files = Arc::new(Opening {
-            store: self.clone(),
-            id: id.clone(),
-            offset,
-            files: std::sync::OnceLock::new(),
-            serial,
-            _done: done.drop_guard(),
-        });
-
         let _writing = Writing::enter(&self.buffers);
         let (size, depth) = self.buffers.plan();
         // Up to `depth` blocks in flight on the blocking pool while the
@@ -294,6 +299,7 @@ impl FsStore {
         let tail_len = tail.as_ref().map_or(0, |t| t.filled().len() as u64);
         let end = pos + tail_len;
         let on_sync = self.on_sync.clone();
+        let files = files.clone();
         let (back, synced) = spawn_blocking(move || {
             let r = files.get().and_then(|files| {
                 if let Some(t) = &tail {
@@ -324,11 +330,29 @@ impl BlobStore for FsStore {
     /// at `offset`): on a full disk, the part of a chunk that did fit would
     /// otherwise keep the room that other uploads' smaller chunks need,
     /// until the same session retries (found by the full-disk test).
+    ///
+    /// The cut's job holds this write's place in [`Running`] until it is
+    /// done: if the request is dropped while the cut waits in the blocking
+    /// pool (hyper drops a chunked request whose client leaves), a retry of
+    /// the chunk would otherwise write, sync and acknowledge its bytes, and
+    /// the late cut would take them away (found in review).
     async fn write_at(&self, id: &BlobId, offset: u64, body: ByteStream) -> Result<u64, StorageError> {
-        let result = self.write_blocks(id, offset, body).await;
+        let (serial, done) = self.running.enter(id).await;
+        let files = Arc::new(Opening {
+            store: self.clone(),
+            id: id.clone(),
+            offset,
+            files: std::sync::OnceLock::new(),
+            serial,
+            _done: done.drop_guard(),
+        });
+        let result = self.write_blocks(&files, offset, body).await;
         if result.is_err() {
             let path = self.staged(id);
             let cut = spawn_blocking(move || {
+                #[cfg(test)]
+                tests::stall_once(&files.id);
+                let _place = files;
                 let f = OpenOptions::new().write(true).open(&path)?;
                 if f.metadata()?.len() > offset {
                     f.set_len(offset)?;
@@ -870,6 +894,70 @@ mod tests {
         );
         assert!(waited >= Duration::from_millis(200), "the retry waited");
         assert!(store.running.writes.lock().unwrap().is_empty());
+    }
+
+    /// A failed write gives its bytes' space back with a cut of the file,
+    /// and a dropped request can leave that cut waiting in the blocking
+    /// pool: a retry of the chunk waits for it, so the late cut cannot take
+    /// the retry's acknowledged bytes away. Without the wait the retry
+    /// returned at once and the cut emptied it 300 ms later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_write_s_cut_ends_before_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let id = BlobId::new("cut").unwrap();
+        let head = vec![7u8; 2 * ALIGN];
+        let at = head.len() as u64;
+        store
+            .write_at(&id, 0, crate::conformance::body(vec![head.clone()]))
+            .await
+            .unwrap();
+        // No block of the failing write fills, so its cut is the job held.
+        *STALL_NEXT.lock().unwrap() = Some(("cut".into(), Duration::from_millis(400)));
+        let failing = store.write_at(&id, at, crate::conformance::broken_body(vec![vec![b'x'; 5000]]));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), failing)
+                .await
+                .is_err(),
+            "the failed write is still waiting for its cut"
+        );
+        let retry: Vec<u8> = (0..6000).map(|i| (i % 251) as u8).collect();
+        let n = store
+            .write_at(&id, at, crate::conformance::body(vec![retry.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(n, retry.len() as u64);
+        // Long enough for a cut that did not hold the retry back.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stored = crate::conformance::read(&store, &id, 0, at + retry.len() as u64).await;
+        assert_eq!(stored[..head.len()], head[..]);
+        assert!(
+            stored[head.len()..] == retry[..],
+            "the cut took the retry's bytes"
+        );
+        assert!(store.running.writes.lock().unwrap().is_empty());
+    }
+
+    /// A staged file shorter than the size it is published at has lost
+    /// acknowledged bytes: publishing refuses rather than pad it with
+    /// zeros, and the file stays staged.
+    #[tokio::test]
+    async fn a_short_staged_file_is_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let id = BlobId::new("short").unwrap();
+        store
+            .write_at(&id, 0, crate::conformance::body(vec![vec![5u8; 1000]]))
+            .await
+            .unwrap();
+        let refused = store.publish(&id, 2000).await;
+        assert!(matches!(refused, Err(StorageError::Io(_))), "{refused:?}");
+        assert!(store.staged(&id).exists() && !store.published(&id).exists());
+        store.publish(&id, 1000).await.unwrap();
+        assert_eq!(
+            crate::conformance::read(&store, &id, 0, 1000).await,
+            vec![5u8; 1000]
+        );
     }
 
     /// Writes that start together plan their blocks with fewer writers than
