@@ -23,4 +23,8 @@ cargo test --workspace --locked
 ensure_chromium
 npm ci --prefix web --no-audit --no-fund
 cargo build --locked -p upline
+# README's first command as a user types it, asking only for help (debug
+# build, not --release): cargo must be able to tell which binary it runs.
+readme_serve=$(grep -m1 '^cargo run' README.md | sed -e 's/#.*//' -e 's/ --release//')
+$readme_serve --help >/dev/null
 node --test --test-concurrency=1 web/tests/
