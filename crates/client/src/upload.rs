@@ -104,6 +104,31 @@ impl Inner {
         let mut md5 = up.hash_prefix(up.offset).await?;
         let mut restarts = 0;
         loop {
+            if up.size > 0
+                && up.offset == up.size
+                && let Some(context) = up.ctx.clone()
+            {
+                // Only a final chunk (checked against the whole file's
+                // MD5) takes a session to the file's size: it was
+                // committed and its answer lost (an interrupted run, or
+                // retries spent on it). Sending nothing more is the
+                // answer; an empty final chunk would be refused as
+                // already complete, on every later run too.
+                up.warn("the upload was already complete: its last answer had been lost");
+                if let (Some(j), Some(at)) = (&self.journal, &journal_at) {
+                    j.remove(at);
+                }
+                return Ok(Uploaded {
+                    bucket: bucket.to_owned(),
+                    object: object.to_owned(),
+                    size: up.size,
+                    md5: hex::encode(md5.finalize()),
+                    context,
+                    seconds: started.elapsed().as_secs_f64(),
+                    resumed_from,
+                    callback_ret_msg: String::new(),
+                });
+            }
             let len = up.chunker.size().min(up.size - up.offset);
             let complete = up.offset + len == up.size;
             let chunk = up.read(up.offset, len).await?;
@@ -327,11 +352,21 @@ impl Upload<'_> {
                 Reply::Status { status: 400, message } if self.ctx.is_some() => {
                     // Most likely an offset mismatch: the query endpoint has the truth.
                     let ctx = self.ctx.clone().unwrap_or_default();
-                    return match self.resume_point(&ctx).await? {
-                        Some(q) if q != self.offset => Ok(Sent::Resync(q)),
-                        Some(_) => Err(UploadError::Refused { status: 400, message }),
-                        None => Ok(Sent::Restart(message)),
-                    };
+                    match self.resume_point(&ctx).await? {
+                        Some(q) if q != self.offset => return Ok(Sent::Resync(q)),
+                        None => return Ok(Sent::Restart(message)),
+                        // Another writer holds the session: another node,
+                        // whose request from before a network loss still
+                        // runs until its lease ends, or a newer request.
+                        // The same chunk, later (it used to end the upload).
+                        Some(_)
+                            if message == upline_proto::BUSY_MESSAGE
+                                || message == upline_proto::SUPERSEDED_MESSAGE =>
+                        {
+                            format!("400: {message}")
+                        }
+                        Some(_) => return Err(UploadError::Refused { status: 400, message }),
+                    }
                 }
                 Reply::Status { status, message } if status >= 500 => format!("{status}: {message}"),
                 Reply::Status { status, message } => return Err(UploadError::Refused { status, message }),

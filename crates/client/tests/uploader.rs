@@ -56,12 +56,18 @@ fn builder(events: &Events, journal: &Path) -> upline_client::UploaderBuilder {
 
 /// Forwards to a node, answering 500 to the first `fail` chunk POSTs and
 /// 403 to every chunk POST once `budget` forwarded ones are used up.
+/// Tests may also set `busy`: the first that many chunk POSTs of a
+/// session get the 400 a node answers while another node holds the
+/// session's lease; and `lose_final`: the final chunk is forwarded, and
+/// its answer replaced by a 403 (the run ends, the chunk is committed).
 #[derive(Clone)]
 struct Proxy {
     target: String,
     fail: Arc<AtomicU32>,
     budget: Arc<AtomicI64>,
     failed: Arc<AtomicU32>,
+    busy: Arc<AtomicU32>,
+    lose_final: Arc<std::sync::atomic::AtomicBool>,
     http: reqwest::Client,
 }
 
@@ -78,6 +84,22 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
     if is_chunk && p.budget.fetch_sub(1, Ordering::SeqCst) <= 0 {
         return (StatusCode::FORBIDDEN, "{\"errMsg\":\"token has expired\"}").into_response();
     }
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    if is_chunk
+        && query.contains("context=")
+        && p.busy
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        let body = serde_json::json!({
+            "requestId": "busy",
+            "requestID": "busy",
+            "errMsg": upline_proto::BUSY_MESSAGE,
+        })
+        .to_string();
+        return (StatusCode::BAD_REQUEST, body).into_response();
+    }
+    let lose = is_chunk && query.contains("complete=true") && p.lose_final.load(Ordering::SeqCst);
     let url = format!("{}{}", p.target, req.uri().path_and_query().unwrap());
     let method = req.method().clone();
     let headers = req.headers().clone();
@@ -89,6 +111,9 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
         }
     }
     let resp = out.send().await.unwrap();
+    if lose && resp.status() == 200 {
+        return (StatusCode::FORBIDDEN, "{\"errMsg\":\"token has expired\"}").into_response();
+    }
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
     (status, resp.bytes().await.unwrap()).into_response()
 }
@@ -99,6 +124,8 @@ async fn proxy(target: &str, fail: u32, budget: i64) -> (String, Proxy) {
         fail: Arc::new(AtomicU32::new(fail)),
         budget: Arc::new(AtomicI64::new(budget)),
         failed: Arc::default(),
+        busy: Arc::default(),
+        lose_final: Arc::default(),
         http: reqwest::Client::new(),
     };
     let router = axum::Router::new().fallback(forward).with_state(p.clone());
@@ -410,6 +437,85 @@ async fn a_forgotten_session_starts_over_with_a_warning() {
             .iter()
             .any(|e| matches!(e, Event::Warning { message, .. } if message.contains("no longer knows")))
     );
+}
+
+/// A run that ends after its final chunk was committed but before its
+/// answer came leaves the journal behind; the next run finds the session
+/// at the file's size and is done, sending nothing. It used to send an
+/// empty final chunk, be refused as already complete, and fail so on
+/// every run until the session expired.
+#[tokio::test]
+async fn a_final_chunk_whose_answer_was_lost_is_done_on_the_next_run() {
+    let s = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(3 << 20, 8);
+    let path = file(dir.path(), "f", &bytes);
+    let (url, p) = proxy(&s.base, 0, i64::MAX).await;
+    p.lose_final.store(true, Ordering::SeqCst);
+    let first = builder(&Events::default(), &dir.path().join("j"))
+        .nodes([url])
+        .chunk_policy(ChunkPolicy::Fixed(1 << 20))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        first.upload_file(&path, "doc", "f").await,
+        Err(UploadError::Token(_))
+    ));
+    assert_eq!(s.stored("f").await, bytes, "the final chunk was committed");
+    let events = Events::default();
+    let up = builder(&events, &dir.path().join("j"))
+        .nodes([s.base.clone()])
+        .build()
+        .unwrap();
+    let done = up.upload_file(&path, "doc", "f").await.unwrap();
+    assert_eq!((done.size, done.resumed_from), (3 << 20, 3 << 20));
+    let rec = s.node.object("doc", "f").await.unwrap().unwrap();
+    assert_eq!(rec.md5.as_deref(), Some(done.md5.as_str()));
+    assert_eq!(s.node.bytes_received(), 3 << 20, "nothing was sent again");
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::Warning { message, .. } if message.contains("already complete")))
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("j"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "journal cleared"
+    );
+}
+
+/// While another node still holds the session's lease (its request from
+/// before a network loss runs on), a node answers the chunk with a 400
+/// "busy" and the resume point has not moved: the uploader sends the same
+/// chunk again after a pause. It used to give up.
+#[tokio::test]
+async fn a_busy_session_is_retried() {
+    let s = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(3 << 20, 9);
+    let path = file(dir.path(), "f", &bytes);
+    let (url, p) = proxy(&s.base, 0, i64::MAX).await;
+    p.busy.store(2, Ordering::SeqCst);
+    let events = Events::default();
+    let up = builder(&events, &dir.path().join("j"))
+        .nodes([url])
+        .chunk_policy(ChunkPolicy::Fixed(1 << 20))
+        .build()
+        .unwrap();
+    up.upload_file(&path, "doc", "f").await.unwrap();
+    assert_eq!(p.busy.load(Ordering::SeqCst), 0, "both busy answers were given");
+    assert_eq!(s.stored("f").await, bytes);
+    let retries = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::Retry { reason, .. } if reason.contains("another node")))
+        .count();
+    assert_eq!(retries, 2);
 }
 
 /// An LBS answering with a fixed body, counting its hits.

@@ -32,9 +32,11 @@ pub enum CoreError {
     PolicyLimit(String),
     #[error("request body incomplete: {0}")]
     BodyIncomplete(String),
-    #[error("superseded by a newer request for the same session")]
+    /// Clients tell this refusal from the others by its message.
+    #[error("{}", upline_proto::SUPERSEDED_MESSAGE)]
     Superseded,
-    #[error("another node is writing this session; retry")]
+    /// Clients tell this refusal from the others by its message.
+    #[error("{}", upline_proto::BUSY_MESSAGE)]
     Busy,
     #[error("object stored, but its callback failed: {0}")]
     CallbackFailed(String),

@@ -30,6 +30,14 @@ pub struct QueryOk {
     pub offset: u64,
 }
 
+/// `errMsg` of the 400 a node answers to a chunk while another node
+/// holds the session's lease: the same chunk may be sent again later.
+pub const BUSY_MESSAGE: &str = "another node is writing this session; retry";
+
+/// `errMsg` of the 400 a chunk gets when a newer request for its session
+/// (a retry of the same chunk) takes over: the newer one goes on.
+pub const SUPERSEDED_MESSAGE: &str = "superseded by a newer request for the same session";
+
 /// Every non-200 answer of the upload and query endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

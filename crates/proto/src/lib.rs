@@ -14,7 +14,7 @@ pub mod query;
 pub mod signed_url;
 pub mod token;
 
-pub use body::{ErrorBody, LbsError, LbsOk, QueryOk, UploadOk};
+pub use body::{BUSY_MESSAGE, ErrorBody, LbsError, LbsOk, QueryOk, SUPERSEDED_MESSAGE, UploadOk};
 pub use md5::ContentMd5;
 pub use names::{Bucket, NameError, ObjectKey, UploadCtx};
 pub use path::{ObjectPath, PathError};
