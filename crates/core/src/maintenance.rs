@@ -264,9 +264,10 @@ impl Node {
         let before = now.saturating_sub(self.cfg.session_ttl);
         loop {
             let batch = self.state.idle_sessions(before, 256).await?;
-            if batch.is_empty() {
-                break;
-            }
+            // A batch that forgets nothing (every session in it kept, as
+            // one whose publication keeps failing) would come back whole:
+            // the rest waits for the next pass.
+            let mut forgot = 0;
             for s in batch {
                 let _guard = self.locks.acquire(&s.ctx, false).await;
                 // Re-read under the lock: a chunk may have just landed.
@@ -281,14 +282,45 @@ impl Node {
                         self.blobs.delete(&id).await?;
                     }
                     done.abandoned += 1;
+                } else if !self.published_before_forgetting(&s).await? {
+                    continue;
                 } else {
                     done.finished += 1;
                 }
                 self.state.delete_session(&s.ctx).await?;
+                forgot += 1;
+            }
+            if forgot == 0 {
+                break;
             }
         }
         done.orphan_uploads = self.sweep_orphans(self.cfg.orphan_grace.max(SERVING_GRACE)).await;
         Ok(done)
+    }
+
+    /// Whether a completed session may be forgotten: its object is
+    /// published first if its record still names it. A publication cut
+    /// short (a 500 from the store, or a chunked request dropped after its
+    /// commit) is otherwise finished only by a replay of the final chunk or
+    /// by recovery, which goes by the session; once the session is gone,
+    /// the next start takes the staged bytes for an orphan and deletes the
+    /// object's bytes (found in review). `false`: publishing failed, the
+    /// session is kept for the next pass.
+    async fn published_before_forgetting(&self, s: &upline_state::Session) -> Result<bool, CoreError> {
+        let Ok(id) = blob_id(&s.ctx) else {
+            return Ok(true);
+        };
+        let current = self.state.get_object(&s.bucket, &s.object).await?;
+        if current.is_none_or(|r| r.blob != s.ctx) {
+            return Ok(true);
+        }
+        match self.blobs.publish(&id, s.offset).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::error!(blob = id.as_str(), error = %e, "could not publish a completed upload; its session is kept");
+                Ok(false)
+            }
+        }
     }
 
     /// Aborts multipart uploads no record names that are older than

@@ -41,6 +41,28 @@ async fn idle_sessions_are_collected_with_their_bytes() {
     n.stop().await;
 }
 
+/// A completed upload whose publication was cut short (a 500 from the
+/// store, or a chunked request dropped after its commit) has its bytes
+/// still staged. Collecting its idle session publishes them first: the
+/// next start used to take them for bytes of no session and delete them,
+/// and the object read nothing (found in review).
+#[tokio::test]
+async fn a_collected_session_s_unpublished_object_survives_the_next_start() {
+    let n = start_with(|c| c.session_ttl_secs = 3600).await;
+    let bytes = data(5000, 3);
+    let ctx = n.upload("/doc/cut", &token("doc", "cut"), &bytes, 200).await;
+    // As if the publication after the commit had never run.
+    let published = n.path.join("blobs/objects").join(&ctx[..2]).join(&ctx);
+    std::fs::rename(&published, n.path.join("blobs/staging").join(&ctx)).unwrap();
+    let c = n.node.collect(unix_now() + 3600 + 5).await.unwrap();
+    assert_eq!(c.finished, 1);
+    let tmp = n.tmp.clone();
+    n.stop().await;
+    let n = start_in(tmp, |_| {}).await;
+    assert_eq!(n.object_bytes("doc", "cut").await, Some(bytes));
+    n.stop().await;
+}
+
 #[tokio::test]
 async fn expired_sessions_answer_404_before_collection() {
     let n = start_with(|c| c.session_ttl_secs = 1).await;

@@ -59,7 +59,13 @@ async fn tagged_completions_are_logged(s: &dyn SessionStore) {
         s.get("t1").await.unwrap().is_some(),
         "a pending completion keeps its session"
     );
+    let idle = |ctx: &str, list: Vec<crate::Session>| list.iter().any(|x| x.ctx == ctx);
+    assert!(
+        !idle("t1", s.idle_sessions(i64::MAX, 100).await.unwrap()),
+        "a session its completion keeps is not offered for collection"
+    );
     s.ack_completion(log[0].0).await.unwrap();
+    assert!(idle("t1", s.idle_sessions(i64::MAX, 100).await.unwrap()));
     assert!(s.completions(10).await.unwrap().is_empty());
     s.advance(
         "t2",

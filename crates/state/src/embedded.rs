@@ -526,7 +526,7 @@ impl SessionStore for EmbeddedStore {
     async fn idle_sessions(&self, before: i64, limit: usize) -> Result<Vec<Session>, StateError> {
         self.read(move |c| {
             let mut stmt = c
-                .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE updated_at < ?1 ORDER BY updated_at LIMIT ?2"))
+                .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE updated_at < ?1 AND ctx NOT IN (SELECT ctx FROM completions) ORDER BY updated_at LIMIT ?2"))
                 .map_err(backend)?;
             let rows = stmt.query_map(params![before, limit as i64], session).map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)

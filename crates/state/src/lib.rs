@@ -169,7 +169,9 @@ pub trait SessionStore: Send + Sync + 'static {
         md5: &str,
     ) -> Result<bool, StateError>;
 
-    /// Sessions (open or complete) whose last commit is before `before`.
+    /// Sessions (open or complete) whose last commit is before `before`,
+    /// but for those a pending completion keeps ([`Self::delete_session`]
+    /// would not forget them: the collector looped on them).
     async fn idle_sessions(&self, before: i64, limit: usize) -> Result<Vec<Session>, StateError>;
 
     /// Forgets a session (never its object record); a missing one is `Ok`.

@@ -376,7 +376,7 @@ impl SessionStore for PgStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE updated_at < $1 ORDER BY updated_at LIMIT $2"),
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE updated_at < $1 AND ctx NOT IN (SELECT ctx FROM completions) ORDER BY updated_at LIMIT $2"),
                 &[&before, &(limit as i64)],
             )
             .await
