@@ -321,15 +321,36 @@ enum IdRecord {
     Known(String),
 }
 
+/// How long one S3 request may take, and how long after a request's first
+/// try no retry starts: a request of a chunk ends within their sum (35 s).
+///
+/// Why so short: on a shared store a chunk's write holds the session's
+/// lease (60 s, renewed every 20 s), and when a renewal fails the chunk
+/// stops only between requests. A request that lands after the lease has
+/// gone could overwrite what another node has since committed at the same
+/// offset. object_store's defaults (30 s a request, retries for 3 min)
+/// allowed that (found in review). A request started under a lease that
+/// was renewed at most 20 s before ends while ≥ 40 s of it are left.
+/// The cost: an S3 request slower than 10 s (an 8 MiB part below ~0.8
+/// MiB/s) fails, and the client retries the chunk.
+pub(crate) const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
 /// The object_store client for `cfg`'s bucket (path-style requests; plain
 /// HTTP only where the endpoint says so).
 pub(crate) fn client(cfg: &S3Config) -> object_store::Result<AmazonS3> {
+    let retry = object_store::RetryConfig {
+        retry_timeout: RETRY_TIMEOUT,
+        ..Default::default()
+    };
     let mut b = AmazonS3Builder::new()
         .with_bucket_name(&cfg.bucket)
         .with_region(&cfg.region)
         .with_access_key_id(&cfg.access_key)
         .with_secret_access_key(&cfg.secret_key)
-        .with_virtual_hosted_style_request(false);
+        .with_virtual_hosted_style_request(false)
+        .with_retry(retry)
+        .with_client_options(object_store::ClientOptions::new().with_timeout(REQUEST_TIMEOUT));
     if let Some(ep) = &cfg.endpoint {
         b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
     }
@@ -949,6 +970,40 @@ impl BlobStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An S3 endpoint that takes requests and never answers: the store
+    /// gives up within one request's time after the retries' (35 s), well
+    /// inside a session's lease. With object_store's defaults it retried
+    /// for over 3 minutes.
+    #[tokio::test]
+    async fn a_request_that_never_answers_ends_within_the_bound() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = l.accept().await {
+                held.push(conn);
+            }
+        });
+        let cfg = S3Config {
+            bucket: "b".into(),
+            endpoint: Some(endpoint),
+            region: "garage".into(),
+            access_key: "k".into(),
+            secret_key: "s".into(),
+            part_size: 8 << 20,
+            layout: Layout::Chunks,
+        };
+        let started = std::time::Instant::now();
+        let opened = S3Store::open(cfg).await;
+        let took = started.elapsed();
+        assert!(opened.is_err());
+        assert!(
+            took >= REQUEST_TIMEOUT
+                && took <= REQUEST_TIMEOUT + RETRY_TIMEOUT + std::time::Duration::from_secs(3),
+            "gave up after {took:?}"
+        );
+    }
 
     #[test]
     fn urls() {

@@ -137,7 +137,11 @@ impl Raw {
         Ok(Self {
             bucket,
             credentials: rusty_s3::Credentials::new(cfg.access_key.clone(), cfg.secret_key.clone()),
-            http: reqwest::Client::new(),
+            // The same bound as the object_store client's (`REQUEST_TIMEOUT`).
+            http: reqwest::Client::builder()
+                .timeout(super::REQUEST_TIMEOUT)
+                .build()
+                .map_err(|e| StorageError::Io(io::Error::other(e)))?,
         })
     }
 
