@@ -809,6 +809,25 @@ impl BlobStore for S3Store {
                     .await?;
             }
             let count = if size > tail_from { full + 1 } else { full } as usize;
+            // A part uploaded by a node with another part size (its
+            // `s3_part_size` changed, or another node's differs) holds
+            // another range: uploaded again below, from the chunks. Only
+            // full parts precede publication, so a size tells them apart.
+            if st.upload.is_some() {
+                let upload = self.upload_id(id, &mut st).await?;
+                for (n, len, _) in self.raw.list_parts(&final_key(id), &upload).await? {
+                    let n = n as usize;
+                    if n <= full as usize && len != self.part {
+                        tracing::info!(
+                            blob = id.as_str(),
+                            part = n,
+                            len,
+                            "a part of another part size is made again"
+                        );
+                        st.parts.remove(&n);
+                    }
+                }
+            }
             let mut parts = Vec::with_capacity(count);
             for n in 1..=count {
                 if !st.parts.contains_key(&n) {

@@ -148,7 +148,11 @@ impl Raw {
     /// Every part of `upload` as (number, size, ETag), in number order;
     /// [`StorageError::NotFound`] when the upload is gone (completed or
     /// aborted).
-    async fn list_parts(&self, key: &Path, upload: &str) -> Result<Vec<(u16, u64, String)>, StorageError> {
+    pub(super) async fn list_parts(
+        &self,
+        key: &Path,
+        upload: &str,
+    ) -> Result<Vec<(u16, u64, String)>, StorageError> {
         let failed = |what: String| StorageError::Io(io::Error::other(format!("ListParts: {what}")));
         let mut out = Vec::new();
         let mut from = None;
