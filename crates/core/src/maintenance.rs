@@ -75,39 +75,89 @@ impl Node {
         for id in self.blobs.list_staged().await? {
             let _guard = self.locks.acquire(id.as_str(), false).await;
             let session = self.state.get(id.as_str()).await?;
-            if let Some(s) = &session
-                && self.staged_short(&id, s).await?
-            {
-                fixed += 1;
+            if session.is_none() || !self.blobs.shared() {
+                fixed += self.recover_one(&id, session).await?;
                 continue;
             }
-            match session {
-                // On a shared store another node may be writing a first
-                // chunk right now (its session is committed after): only a
-                // node alone with its store can tell orphans from those.
-                None if self.blobs.shared() => {}
-                None => {
-                    tracing::info!(blob = id.as_str(), "deleting staged bytes of no session");
-                    self.blobs.delete(&id).await?;
-                    fixed += 1;
-                }
-                Some(s) if s.completed_at.is_some() => {
-                    let current = self.state.get_object(&s.bucket, &s.object).await?;
-                    if current.is_some_and(|r| r.blob == s.ctx) {
-                        tracing::info!(blob = id.as_str(), "finishing an interrupted publication");
-                        self.blobs.publish(&id, s.offset).await?;
-                    } else {
-                        self.blobs.delete(&id).await?;
-                    }
-                    fixed += 1;
-                }
-                Some(_) => {}
+            if !self.hold(id.as_str()).await? {
+                continue;
             }
+            // Read again under the lease: the other node may have moved on.
+            let result = match self.state.get(id.as_str()).await {
+                Ok(session) => self.recover_one(&id, session).await,
+                Err(e) => Err(e.into()),
+            };
+            self.let_go(id.as_str()).await;
+            fixed += result?;
         }
         // Not counted as fixed: a clean stop leaves no unnamed upload, but
         // another node's crash may have.
         self.sweep_orphans(self.cfg.orphan_grace).await;
         Ok(fixed)
+    }
+
+    /// On a store other nodes share, takes the session's lease: a node
+    /// that examines or forgets a session must not do so while another
+    /// writes or publishes it. Staging seen halfway through another node's
+    /// publication looks short, and recovery quarantined a live object;
+    /// the collector could forget a session another node had just
+    /// committed a chunk to (found in review). `false`: another node holds
+    /// it (or it is gone); leave it for the next pass. Always `true` on a
+    /// store of one node, whose lock is enough.
+    async fn hold(&self, ctx: &str) -> Result<bool, CoreError> {
+        if !self.blobs.shared() {
+            return Ok(true);
+        }
+        let now = crate::upload::lease_clock_ms();
+        match self
+            .state
+            .lease(ctx, &self.owner, now, now + self.cfg.lease_ms)
+            .await
+        {
+            Ok(held) => Ok(held),
+            Err(upline_state::StateError::NotFound) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Gives back what [`Self::hold`] took (it expires by itself anyway).
+    async fn let_go(&self, ctx: &str) {
+        if self.blobs.shared()
+            && let Err(e) = self.state.release(ctx, &self.owner).await
+        {
+            tracing::warn!(ctx, error = %e, "could not release a session lease; it expires by itself");
+        }
+    }
+
+    /// [`Self::recover`] for one staged blob and its session; blobs fixed.
+    async fn recover_one(&self, id: &BlobId, session: Option<Session>) -> Result<usize, CoreError> {
+        if let Some(s) = &session
+            && self.staged_short(id, s).await?
+        {
+            return Ok(1);
+        }
+        match session {
+            // On a shared store another node may be writing a first
+            // chunk right now (its session is committed after): only a
+            // node alone with its store can tell orphans from those.
+            None if self.blobs.shared() => Ok(0),
+            None => {
+                tracing::info!(blob = id.as_str(), "deleting staged bytes of no session");
+                self.blobs.delete(id).await?;
+                Ok(1)
+            }
+            Some(s) if s.completed_at.is_some() => {
+                let current = self.state.get_object(&s.bucket, &s.object).await?;
+                if current.is_some_and(|r| r.blob == s.ctx) {
+                    tracing::info!(blob = id.as_str(), "finishing an interrupted publication");
+                    self.blobs.publish(id, s.offset).await?;
+                } else {
+                    self.blobs.delete(id).await?;
+                }
+                Ok(1)
+            }
+            Some(_) => Ok(0),
+        }
     }
 
     /// Whether the staged blob of `s` holds fewer bytes than were
@@ -270,25 +320,12 @@ impl Node {
             let mut forgot = 0;
             for s in batch {
                 let _guard = self.locks.acquire(&s.ctx, false).await;
-                // Re-read under the lock: a chunk may have just landed.
-                let Some(s) = self.state.get(&s.ctx).await? else {
-                    continue;
-                };
-                if !self.expired(&s, now) {
+                if !self.hold(&s.ctx).await? {
                     continue;
                 }
-                if s.completed_at.is_none() {
-                    if let Ok(id) = blob_id(&s.ctx) {
-                        self.blobs.delete(&id).await?;
-                    }
-                    done.abandoned += 1;
-                } else if !self.published_before_forgetting(&s).await? {
-                    continue;
-                } else {
-                    done.finished += 1;
-                }
-                self.state.delete_session(&s.ctx).await?;
-                forgot += 1;
+                let result = self.forget_if_idle(&s.ctx, now, &mut done).await;
+                self.let_go(&s.ctx).await;
+                forgot += usize::from(result?);
             }
             if forgot == 0 {
                 break;
@@ -296,6 +333,30 @@ impl Node {
         }
         done.orphan_uploads = self.sweep_orphans(self.cfg.orphan_grace.max(SERVING_GRACE)).await;
         Ok(done)
+    }
+
+    /// Forgets session `ctx` (and an open one's bytes) if it is still
+    /// idle when read again under its lock (and lease): a chunk may have
+    /// just landed. Whether it was forgotten.
+    async fn forget_if_idle(&self, ctx: &str, now: i64, done: &mut Collected) -> Result<bool, CoreError> {
+        let Some(s) = self.state.get(ctx).await? else {
+            return Ok(false);
+        };
+        if !self.expired(&s, now) {
+            return Ok(false);
+        }
+        if s.completed_at.is_none() {
+            if let Ok(id) = blob_id(&s.ctx) {
+                self.blobs.delete(&id).await?;
+            }
+            done.abandoned += 1;
+        } else if !self.published_before_forgetting(&s).await? {
+            return Ok(false);
+        } else {
+            done.finished += 1;
+        }
+        self.state.delete_session(&s.ctx).await?;
+        Ok(true)
     }
 
     /// Whether a completed session may be forgotten: its object is

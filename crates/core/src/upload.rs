@@ -661,7 +661,7 @@ fn body_error(e: std::io::Error) -> CoreError {
 /// Wall-clock milliseconds for leases, which nodes compare with each
 /// other's (not the request's whole-second time: a lease term is shorter
 /// than a chunk may take, and renewals need finer steps).
-fn lease_clock_ms() -> i64 {
+pub(crate) fn lease_clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
