@@ -37,10 +37,32 @@ pub(crate) struct Chunker {
 }
 
 impl Chunker {
+    /// Bounds out of order are put in order, within 1 byte and the
+    /// protocol's 4 MiB: `min > max` panicked in `clamp`, and a `min` of 0
+    /// let the size halve to 0, sending empty chunks forever (found in
+    /// review).
     pub(crate) fn new(policy: ChunkPolicy) -> Self {
+        let policy = match policy {
+            ChunkPolicy::Fixed(n) => ChunkPolicy::Fixed(n.clamp(1, upline_proto::MAX_CHUNK)),
+            ChunkPolicy::Adaptive {
+                start,
+                min,
+                max,
+                target,
+            } => {
+                let min = min.clamp(1, upline_proto::MAX_CHUNK);
+                let max = max.clamp(min, upline_proto::MAX_CHUNK);
+                ChunkPolicy::Adaptive {
+                    start: start.clamp(min, max),
+                    min,
+                    max,
+                    target,
+                }
+            }
+        };
         let size = match policy {
-            ChunkPolicy::Fixed(n) => n.clamp(1, upline_proto::MAX_CHUNK),
-            ChunkPolicy::Adaptive { start, min, max, .. } => start.clamp(min, max),
+            ChunkPolicy::Fixed(n) => n,
+            ChunkPolicy::Adaptive { start, .. } => start,
         };
         Self { policy, size }
     }
@@ -113,6 +135,32 @@ pub(crate) fn request_timeout(len: u64, min_rate: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounds_out_of_order_are_put_in_order() {
+        let mut c = Chunker::new(ChunkPolicy::Adaptive {
+            start: 0,
+            min: 0,
+            max: 64 << 20,
+            target: Duration::from_secs(2),
+        });
+        for _ in 0..40 {
+            c.on_timeout();
+        }
+        assert_eq!(c.size(), 1, "never an empty chunk");
+        for _ in 0..40 {
+            let s = c.size();
+            c.on_success(s, Duration::from_millis(1));
+        }
+        assert_eq!(c.size(), 4 << 20, "never past the protocol's 4 MiB");
+        let c = Chunker::new(ChunkPolicy::Adaptive {
+            start: 100,
+            min: 1 << 20,
+            max: 1024,
+            target: Duration::from_secs(2),
+        });
+        assert_eq!(c.size(), 1 << 20, "min over max does not panic");
+    }
 
     #[test]
     fn adaptive_grows_when_fast_and_shrinks_when_slow() {
