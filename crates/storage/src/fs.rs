@@ -841,18 +841,22 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// The blob whose next block job waits, and how long (once). Keyed by
-    /// blob so that the other tests of this binary, running at the same
-    /// time, are not stalled instead.
-    static STALL_NEXT: std::sync::Mutex<Option<(String, Duration)>> = std::sync::Mutex::new(None);
+    /// The blobs whose next job waits, and how long (once each). Keyed by
+    /// blob, and one entry per blob, so that tests of this binary running
+    /// at the same time neither stall each other's jobs nor take each
+    /// other's stall away (one shared slot did: a flaky CI run).
+    static STALLS: std::sync::Mutex<Vec<(String, Duration)>> = std::sync::Mutex::new(Vec::new());
+
+    /// Arms a stall of the next job of blob `id`.
+    fn stall_next(id: &str, pause: Duration) {
+        STALLS.lock().unwrap().push((id.to_owned(), pause));
+    }
 
     pub(super) fn stall_once(id: &BlobId) {
         let stall = {
-            let mut next = STALL_NEXT.lock().unwrap();
-            match next.as_ref() {
-                Some((blob, _)) if blob == id.as_str() => next.take(),
-                _ => None,
-            }
+            let mut stalls = STALLS.lock().unwrap();
+            let at = stalls.iter().position(|(blob, _)| blob == id.as_str());
+            at.map(|i| stalls.swap_remove(i))
         };
         if let Some((_, pause)) = stall {
             std::thread::sleep(pause);
@@ -870,7 +874,7 @@ mod tests {
         let store = FsStore::open(dir.path()).unwrap();
         let id = BlobId::new("dropped").unwrap();
         let len = WRITE_BLOCK + 100;
-        *STALL_NEXT.lock().unwrap() = Some(("dropped".into(), Duration::from_millis(400)));
+        stall_next("dropped", Duration::from_millis(400));
         let stale = store.write_at(&id, 0, crate::conformance::body(vec![vec![b'a'; len]]));
         assert!(
             tokio::time::timeout(Duration::from_millis(100), stale)
@@ -913,7 +917,7 @@ mod tests {
             .await
             .unwrap();
         // No block of the failing write fills, so its cut is the job held.
-        *STALL_NEXT.lock().unwrap() = Some(("cut".into(), Duration::from_millis(400)));
+        stall_next("cut", Duration::from_millis(400));
         let failing = store.write_at(&id, at, crate::conformance::broken_body(vec![vec![b'x'; 5000]]));
         assert!(
             tokio::time::timeout(Duration::from_millis(100), failing)
@@ -1018,7 +1022,7 @@ mod tests {
             .unwrap();
         let data: Vec<u8> = (0..5 * MIN_BLOCK + 333).map(|i| (i % 253) as u8).collect();
         let frames: Vec<Vec<u8>> = data.chunks(40_000).map(<[u8]>::to_vec).collect();
-        *STALL_NEXT.lock().unwrap() = Some(("many".into(), Duration::from_millis(300)));
+        stall_next("many", Duration::from_millis(300));
         let started = std::time::Instant::now();
         let n = store
             .write_at(&id, head.len() as u64, crate::conformance::body(frames))
