@@ -103,6 +103,23 @@ impl Inner {
         });
         let mut md5 = up.hash_prefix(up.offset).await?;
         let mut restarts = 0;
+        let size = up.size;
+        // The upload is done: its journal entry goes.
+        let done = |md5: String, context: String, callback_ret_msg: String| {
+            if let (Some(j), Some(at)) = (&self.journal, &journal_at) {
+                j.remove(at);
+            }
+            Uploaded {
+                bucket: bucket.to_owned(),
+                object: object.to_owned(),
+                size,
+                md5,
+                context,
+                seconds: started.elapsed().as_secs_f64(),
+                resumed_from,
+                callback_ret_msg,
+            }
+        };
         loop {
             if up.size > 0
                 && up.offset == up.size
@@ -115,19 +132,7 @@ impl Inner {
                 // answer; an empty final chunk would be refused as
                 // already complete, on every later run too.
                 up.warn("the upload was already complete: its last answer had been lost");
-                if let (Some(j), Some(at)) = (&self.journal, &journal_at) {
-                    j.remove(at);
-                }
-                return Ok(Uploaded {
-                    bucket: bucket.to_owned(),
-                    object: object.to_owned(),
-                    size: up.size,
-                    md5: hex::encode(md5.finalize()),
-                    context,
-                    seconds: started.elapsed().as_secs_f64(),
-                    resumed_from,
-                    callback_ret_msg: String::new(),
-                });
+                return Ok(done(hex::encode(md5.finalize()), context, String::new()));
             }
             let len = up.chunker.size().min(up.size - up.offset);
             let complete = up.offset + len == up.size;
@@ -150,19 +155,7 @@ impl Inner {
                         total: up.size,
                     });
                     if complete {
-                        if let (Some(j), Some(at)) = (&self.journal, &journal_at) {
-                            j.remove(at);
-                        }
-                        return Ok(Uploaded {
-                            bucket: bucket.to_owned(),
-                            object: object.to_owned(),
-                            size: up.size,
-                            md5: claim.unwrap_or_default(),
-                            context: ok.context,
-                            seconds: started.elapsed().as_secs_f64(),
-                            resumed_from,
-                            callback_ret_msg: ok.callback_ret_msg,
-                        });
+                        return Ok(done(claim.unwrap_or_default(), ok.context, ok.callback_ret_msg));
                     }
                     if let (Some(j), Some(at)) = (&self.journal, &journal_at) {
                         let entry = Entry {
