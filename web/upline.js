@@ -29,6 +29,13 @@ export const MAX_CHUNK = 4 * 1024 * 1024;
 const RECORD_PREFIX = 'upline:v1:';
 /** Restarting from 0 more often than this means something is wrong. */
 const MAX_RESTARTS = 3;
+/**
+ * The `errMsg`s of the two 400s that say "the same chunk, later": another
+ * node still holds the session's lease (its request from before a network
+ * loss runs on), or a newer request for the session took over.
+ */
+const BUSY_MESSAGE = 'another node is writing this session; retry';
+const SUPERSEDED_MESSAGE = 'superseded by a newer request for the same session';
 
 const DEFAULT_CHUNKS = { start: 256 * 1024, min: 32 * 1024, max: MAX_CHUNK, targetMs: 2000 };
 const DEFAULT_RETRY = { maxAttempts: 12, baseDelayMs: 200, maxDelayMs: 10_000 };
@@ -80,6 +87,11 @@ export class Uploader {
     }
     this.getToken = options.getToken;
     this.createMD5 = 'createMD5' in options ? options.createMD5 : globalThis.hashwasm?.createMD5;
+    if ('chunkSize' in options && !(Number.isSafeInteger(options.chunkSize) && options.chunkSize >= 1 && options.chunkSize <= MAX_CHUNK)) {
+      // Out of range it was refused by every node (over 4 MiB) or sent
+      // empty chunks forever (below 1).
+      throw new TypeError(`upline: chunkSize must be a whole number of bytes from 1 to ${MAX_CHUNK}`);
+    }
     this.chunks = options.chunkSize
       ? { start: options.chunkSize, min: options.chunkSize, max: options.chunkSize, targetMs: Infinity }
       : DEFAULT_CHUNKS;
@@ -362,12 +374,17 @@ export class Upload {
           const at = await this.#resumePoint(this.#ctx);
           if (at === null) return { kind: 'restart', why: msg };
           if (at !== this.#offset) return { kind: 'resync', offset: at };
-          throw new UploadError('refused', `the server refused the chunk (400): ${msg}`, { status: 400 });
-        }
-        if (res.status < 500) {
+          // Busy or superseded: the same chunk after a pause (they used to
+          // end the upload, as they did in the Rust client).
+          if (msg !== BUSY_MESSAGE && msg !== SUPERSEDED_MESSAGE) {
+            throw new UploadError('refused', `the server refused the chunk (400): ${msg}`, { status: 400 });
+          }
+          failure = `400: ${msg}`;
+        } else if (res.status < 500) {
           throw new UploadError('refused', `the server refused the chunk (${res.status}): ${msg}`, { status: res.status });
+        } else {
+          failure = `${res.status}: ${msg}`;
         }
-        failure = `${res.status}: ${msg}`;
       } catch (e) {
         if (e instanceof UploadError) throw e;
         if (e === PAUSED || e === ABORTED) {

@@ -128,6 +128,24 @@ test('5xx is retried; a 400 offset mismatch re-syncs from the query endpoint', a
   assert.ok(out.events.some((e) => e.type === 'warning' && e.message.includes(`offset ${jumped}`)));
 });
 
+test('a chunk refused as busy (another node holds the session) is sent again', async (t) => {
+  const { node, page, file } = await setup(t, 600 * KiB);
+  let busy = 0;
+  await page.route(/offset=/, async (route) => {
+    // The answer a node gives while another node holds the session's lease.
+    if (route.request().url().includes('context=') && busy < 2) {
+      busy += 1;
+      return route.fulfill({ status: 400, json: { errMsg: 'another node is writing this session; retry' } });
+    }
+    return route.continue();
+  });
+  const out = await upload(page, node, file, { uploader: { chunkSize: 256 * KiB } });
+  assert.ok(out.ok, JSON.stringify(out.error));
+  assert.equal(busy, 2);
+  assert.deepEqual(await node.stored(file.name), file.bytes);
+  assert.equal(out.events.filter((e) => e.type === 'retry' && /another node/.test(e.reason)).length, 2);
+});
+
 test('403 stops at once with a clear error', async (t) => {
   const { node, page, file } = await setup(t, 100 * KiB);
   let posts = 0;
