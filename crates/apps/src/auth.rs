@@ -34,15 +34,45 @@ pub fn check_sum_matches(secret: &str, nonce: &str, cur_time: &str, given: &str)
     want.as_bytes().ct_eq(given.as_bytes()).into()
 }
 
-/// Parses `CurTime` and checks it is within the window of `now`.
+/// Parses `CurTime` and checks it is within the window of `now` (without
+/// overflow: `i64::MIN` used to panic in a debug build).
 pub fn fresh_time(cur_time: &str, now: i64) -> Option<i64> {
     let t: i64 = cur_time.trim().parse().ok()?;
-    ((t - now).abs() <= WINDOW_SECS).then_some(t)
+    (t.abs_diff(now) <= WINDOW_SECS as u64).then_some(t)
+}
+
+/// Nonces seen at or after this time are kept. A request accepted at
+/// server time `t0` carries a `CurTime` up to the window ahead of `t0`, and
+/// stays fresh until that `CurTime` plus the window: up to `t0` plus twice
+/// the window. Keeping nonces for one window only let a request whose
+/// app's clock ran ahead be replayed (found in review).
+pub fn nonces_kept_since(now: i64) -> i64 {
+    now - 2 * WINDOW_SECS
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nonce_is_kept_while_its_request_could_be_replayed() {
+        let first = 1_700_000_000;
+        for skew in [-300, -1, 0, 1, 299, 300] {
+            let cur = (first + skew).to_string();
+            assert!(fresh_time(&cur, first).is_some());
+            for later in first..first + 1000 {
+                if fresh_time(&cur, later).is_some() {
+                    assert!(
+                        nonces_kept_since(later) <= first,
+                        "a replay {} s later of a request {skew} s ahead found its nonce gone",
+                        later - first
+                    );
+                }
+            }
+        }
+        assert_eq!(fresh_time(&i64::MIN.to_string(), first), None);
+        assert_eq!(fresh_time(&i64::MAX.to_string(), first), None);
+    }
 
     #[test]
     fn known_vector_and_comparison() {

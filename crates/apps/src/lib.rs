@@ -189,7 +189,7 @@ impl AppService {
         }
         if !self
             .apps
-            .use_nonce(key, nonce, now, now - auth::WINDOW_SECS)
+            .use_nonce(key, nonce, now, auth::nonces_kept_since(now))
             .await?
         {
             return Err(ApiError::Auth("Nonce already used".into()));
