@@ -107,7 +107,15 @@ pub async fn handle(
         Err(e) => return render::core_error(rid, &unavailable(app, &record, e).await),
     };
     let size = record.size;
-    let (status, start, len) = match span(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size) {
+    let span = span(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size);
+    // An answer that reads no bytes would not notice quarantined ones
+    // (a read does): HEAD answered 200 for an object GET answered 410
+    // (found in review).
+    let reads_nothing = head || size == 0 || matches!(span, Span::Unsatisfiable);
+    if reads_nothing && matches!(app.node.is_quarantined(&record).await, Ok(true)) {
+        return render::core_error(rid, &CoreError::Quarantined(QUARANTINED.into()));
+    }
+    let (status, start, len) = match span {
         Span::Whole => (StatusCode::OK, 0, size),
         Span::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         Span::Unsatisfiable => {
@@ -147,9 +155,11 @@ pub async fn handle(
 
 /// A read of an object's bytes failed: quarantined bytes say so (410),
 /// anything else is the error it was.
+const QUARANTINED: &str = "its stored bytes were found damaged";
+
 async fn unavailable(app: &AppState, record: &upline_core::ObjectRecord, e: CoreError) -> CoreError {
     match app.node.is_quarantined(record).await {
-        Ok(true) => CoreError::Quarantined("its stored bytes were found damaged".into()),
+        Ok(true) => CoreError::Quarantined(QUARANTINED.into()),
         _ => e,
     }
 }

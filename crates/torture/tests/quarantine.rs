@@ -196,6 +196,14 @@ async fn an_object_of_another_size_is_quarantined_by_the_scrub_after_start() {
 
     let node = TestServer::start_in(tmp.clone(), tweak).await;
     let json = wait_for_download(&node.base, "short", 410).await;
+    let head = reqwest::Client::new()
+        .head(format!("{}/qtn/short", node.base))
+        .header("x-nos-token", token("short"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(head, 410, "HEAD reads no bytes and says so too");
     let msg = json["errMsg"].as_str().unwrap_or_default();
     assert!(
         msg.contains("quarantined") && msg.contains("upload it again"),
