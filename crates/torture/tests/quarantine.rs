@@ -282,6 +282,22 @@ async fn corrupted_bytes_are_never_served() {
         if verify_at_start {
             wait_for_download(&node.base, "flip", 410).await;
         } else {
+            // What media elements and resuming downloaders ask for: the
+            // whole object as a range. It used to come back as a complete
+            // 206 of damaged bytes, unchecked (found in review).
+            let r = reqwest::Client::new()
+                .get(format!("{}/qtn/flip", node.base))
+                .header("x-nos-token", token("flip"))
+                .header("range", "bytes=0-")
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            let body = r.bytes().await.ok();
+            assert!(
+                !(s == 206 && body.as_ref().is_some_and(|b| b.len() == data.len())),
+                "a complete 206 of damaged bytes"
+            );
             let (s, body, _) = download(&node.base, "flip").await;
             assert!(
                 !(s == 200 && body.as_ref().is_some_and(|b| b.len() == data.len())),
