@@ -22,6 +22,9 @@ pub enum CoreError {
     Quarantined(String),
     #[error("context belongs to another bucket or object")]
     CtxMismatch,
+    /// A download's `Range` starts past the object's end.
+    #[error("range not satisfiable: the object has {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
     #[error("offset mismatch: committed offset is {committed}")]
     OffsetMismatch { committed: u64 },
     #[error("upload already complete at offset {offset}")]
@@ -62,6 +65,7 @@ impl CoreError {
             CoreError::Token(_) => 403,
             CoreError::UnknownCtx | CoreError::NoSuchObject => 404,
             CoreError::Quarantined(_) => 410,
+            CoreError::RangeNotSatisfiable { .. } => 416,
             CoreError::Internal(_) => 500,
             CoreError::CallbackFailed(_) => 520,
         }

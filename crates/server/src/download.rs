@@ -119,7 +119,8 @@ pub async fn handle(
         Span::Whole => (StatusCode::OK, 0, size),
         Span::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         Span::Unsatisfiable => {
-            let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            // With the protocol's JSON error body, as every refusal.
+            let mut resp = render::core_error(rid, &CoreError::RangeNotSatisfiable { size });
             resp.headers_mut()
                 .insert(header::CONTENT_RANGE, value(&format!("bytes */{size}")));
             return resp;

@@ -73,6 +73,12 @@ async fn full_ranged_unsatisfiable_and_head() {
         .unwrap();
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["content-range"], "bytes */100000");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["requestId"].is_string(), "{body}");
+    assert!(
+        body["errMsg"].as_str().unwrap().contains("100000 bytes"),
+        "{body}"
+    );
 
     let r = n.http.head(&url).header("x-nos-token", &t).send().await.unwrap();
     assert_eq!(r.status(), 200);
