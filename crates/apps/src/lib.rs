@@ -350,7 +350,10 @@ impl AppService {
     /// Delivers the notifications that are due; failures are rescheduled
     /// with exponential backoff until `notify_for_secs` after completion.
     pub async fn deliver_due(&self, notifier: &dyn Notifier, now: i64) -> Result<usize, ApiError> {
-        let due = self.apps.due_notifications(now, 32).await?;
+        const BATCH: usize = 32;
+        // Long enough for the whole batch to time out one by one.
+        let claim_until = now + (self.cfg.notify_timeout.as_secs() as i64 + 1) * BATCH as i64 + 60;
+        let due = self.apps.claim_due_notifications(now, claim_until, BATCH).await?;
         let mut delivered = 0;
         for n in due {
             let Some((body, sign)) = self.notification(n.vid).await? else {

@@ -137,8 +137,17 @@ pub trait AppStore: Send + Sync + 'static {
         objects: &[String],
     ) -> Result<Vec<(String, i64)>, StateError>;
 
-    /// Notifications due at `now`, oldest first.
-    async fn due_notifications(&self, now: i64, limit: usize) -> Result<Vec<Notification>, StateError>;
+    /// Claims the notifications due at `now`, oldest first: they are not
+    /// due again, for this node or any other, until `claim_until` (when a
+    /// node that died delivering them has left them to the others). Every
+    /// node of a cluster runs the delivery; a plain read of the due rows
+    /// sent each notification once per node (found in review).
+    async fn claim_due_notifications(
+        &self,
+        now: i64,
+        claim_until: i64,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StateError>;
     /// A notification was delivered: it leaves the outbox.
     async fn notification_delivered(&self, id: i64) -> Result<(), StateError>;
     /// A delivery failed: try again at `next_at`, or, with `give_up`, keep it
@@ -356,16 +365,22 @@ impl AppStore for EmbeddedStore {
         .await
     }
 
-    async fn due_notifications(&self, now: i64, limit: usize) -> Result<Vec<Notification>, StateError> {
+    async fn claim_due_notifications(
+        &self,
+        now: i64,
+        claim_until: i64,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StateError> {
         self.blocking(move |c| {
             let mut stmt = c
                 .prepare(
-                    "SELECT id, vid, url, attempts, created_at FROM outbox WHERE dead = 0 AND next_at <= ?1
-                     ORDER BY next_at, id LIMIT ?2",
+                    "UPDATE outbox SET next_at = ?3 WHERE id IN (
+                         SELECT id FROM outbox WHERE dead = 0 AND next_at <= ?1 ORDER BY next_at, id LIMIT ?2)
+                     RETURNING id, vid, url, attempts, created_at",
                 )
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![now, limit as i64], |r| {
+                .query_map(params![now, limit as i64, claim_until], |r| {
                     Ok(Notification {
                         id: r.get(0)?,
                         vid: r.get(1)?,
@@ -375,7 +390,9 @@ impl AppStore for EmbeddedStore {
                     })
                 })
                 .map_err(backend)?;
-            rows.collect::<Result<_, _>>().map_err(backend)
+            let mut due: Vec<Notification> = rows.collect::<Result<_, _>>().map_err(backend)?;
+            due.sort_by_key(|n| n.id);
+            Ok(due)
         })
         .await
     }

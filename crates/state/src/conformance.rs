@@ -330,12 +330,18 @@ async fn videos_are_recorded_once_with_their_notification(s: &dyn crate::AppStor
             .is_empty()
     );
 
-    assert!(
-        s.due_notifications(49, 10).await.unwrap().is_empty(),
-        "not due yet"
-    );
-    let due = s.due_notifications(50, 10).await.unwrap();
+    assert!(claim(s, 49, 10).await.unwrap().is_empty(), "not due yet");
+    let due = claim(s, 50, 10).await.unwrap();
     assert_eq!(due.len(), 1, "one notification, not two: {due:?}");
+    assert!(
+        claim(s, 51, 10).await.unwrap().is_empty(),
+        "a claimed notification is not due for another node"
+    );
+    assert_eq!(
+        claim(s, 50 + CLAIM, 10).await.unwrap().len(),
+        1,
+        "until its claim ends (its node died delivering it)"
+    );
     assert_eq!(
         (due[0].vid, due[0].url.as_str(), due[0].attempts),
         (first.vid, "http://cb", 0)
@@ -343,23 +349,32 @@ async fn videos_are_recorded_once_with_their_notification(s: &dyn crate::AppStor
     s.notification_failed(due[0].id, 80, "refused", false)
         .await
         .unwrap();
-    assert!(s.due_notifications(79, 10).await.unwrap().is_empty());
-    assert_eq!(s.due_notifications(80, 10).await.unwrap()[0].attempts, 1);
+    assert!(claim(s, 79, 10).await.unwrap().is_empty());
+    assert_eq!(claim(s, 80, 10).await.unwrap()[0].attempts, 1);
     s.notification_failed(due[0].id, 90, "refused", true)
         .await
         .unwrap();
-    assert!(
-        s.due_notifications(1000, 10).await.unwrap().is_empty(),
-        "given up"
-    );
+    assert!(claim(s, 1000, 10).await.unwrap().is_empty(), "given up");
     let third = s
         .record_video(v("c3", "o3.mp4"), Some(("http://cb".into(), 60)))
         .await
         .unwrap();
-    let due = s.due_notifications(60, 10).await.unwrap();
+    let due = claim(s, 60, 10).await.unwrap();
     assert_eq!(due[0].vid, third.vid);
     s.notification_delivered(due[0].id).await.unwrap();
-    assert!(s.due_notifications(1000, 10).await.unwrap().is_empty());
+    assert!(claim(s, 1000, 10).await.unwrap().is_empty());
+}
+
+/// How long the conformance tests claim due notifications for.
+const CLAIM: i64 = 300;
+
+/// Claims notifications due at `now` for [`CLAIM`] seconds.
+async fn claim(
+    s: &dyn crate::AppStore,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<crate::Notification>, StateError> {
+    s.claim_due_notifications(now, now + CLAIM, limit).await
 }
 
 /// An [`Advance`] that creates a session for `doc/obj`.

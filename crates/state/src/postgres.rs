@@ -664,16 +664,25 @@ impl AppStore for PgStore {
         Ok(out)
     }
 
-    async fn due_notifications(&self, now: i64, limit: usize) -> Result<Vec<Notification>, StateError> {
+    async fn claim_due_notifications(
+        &self,
+        now: i64,
+        claim_until: i64,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StateError> {
         let c = self.client().await?;
-        let rows = c
+        // SKIP LOCKED: nodes claiming at once take different rows.
+        let mut rows = c
             .query(
-                "SELECT id, vid, url, attempts, created_at FROM outbox WHERE NOT dead AND next_at <= $1
-                 ORDER BY next_at, id LIMIT $2",
-                &[&now, &(limit as i64)],
+                "UPDATE outbox SET next_at = $3 WHERE id IN (
+                     SELECT id FROM outbox WHERE NOT dead AND next_at <= $1
+                     ORDER BY next_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, vid, url, attempts, created_at",
+                &[&now, &(limit as i64), &claim_until],
             )
             .await
             .map_err(backend)?;
+        rows.sort_by_key(|r| r.get::<_, i64>(0));
         Ok(rows
             .iter()
             .map(|r| Notification {
