@@ -148,6 +148,18 @@ pub async fn handle(
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let modified = std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.created_at.max(0) as u64);
     h.insert(header::LAST_MODIFIED, value(&httpdate::fmt_http_date(modified)));
+    // The uploader chose the Content-Type, and objects share the node's
+    // origin (and the demo's token endpoint): an uploaded HTML page must
+    // not run as the node's script, nor a type be sniffed into one (found
+    // in review).
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if status == StatusCode::PARTIAL_CONTENT {
         h.insert(
             header::CONTENT_RANGE,

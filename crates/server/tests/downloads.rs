@@ -32,6 +32,11 @@ async fn full_ranged_unsatisfiable_and_head() {
     assert_eq!(h["content-length"], "100000");
     assert_eq!(h["etag"].to_str().unwrap(), format!("\"{}\"", md5_hex(&bytes)));
     assert_eq!(h["accept-ranges"], "bytes");
+    assert_eq!(
+        h["content-security-policy"], "sandbox",
+        "an uploaded page runs no script here"
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
     let modified = httpdate_parse(h["last-modified"].to_str().unwrap());
     assert!(
         (modified - unix_now()).abs() < 60,
