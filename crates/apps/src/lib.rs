@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use upline_core::Node;
 use upline_proto::PutPolicy;
-use upline_state::{AppRecord, AppStore, NewVideo, SessionStore};
+use upline_state::{AppRecord, AppStore, NewVideo, Notification, SessionStore};
 
 pub mod auth;
 mod error;
@@ -347,46 +347,58 @@ impl AppService {
         Ok(Some((body.clone(), md5_hex(&format!("{body}{key}")))))
     }
 
-    /// Delivers the notifications that are due; failures are rescheduled
-    /// with exponential backoff until `notify_for_secs` after completion.
-    pub async fn deliver_due(&self, notifier: &dyn Notifier, now: i64) -> Result<usize, ApiError> {
-        const BATCH: usize = 32;
-        // Long enough for the whole batch to time out one by one.
-        let claim_until = now + (self.cfg.notify_timeout.as_secs() as i64 + 1) * BATCH as i64 + 60;
-        let due = self.apps.claim_due_notifications(now, claim_until, BATCH).await?;
-        let mut delivered = 0;
-        for n in due {
-            let Some((body, sign)) = self.notification(n.vid).await? else {
+    /// Claims up to `limit` notifications due at `now` for this node; each
+    /// is then sent with [`Self::deliver`], on its own (see the claim in
+    /// [`upline_state::AppStore::claim_due_notifications`]).
+    pub async fn claim_due(&self, now: i64, limit: usize) -> Result<Vec<Notification>, ApiError> {
+        // Long enough for one delivery to time out.
+        let claim_until = now + self.cfg.notify_timeout.as_secs() as i64 + 60;
+        Ok(self.apps.claim_due_notifications(now, claim_until, limit).await?)
+    }
+
+    /// Sends one claimed notification; a failure is rescheduled with
+    /// exponential backoff until `notify_for_secs` after completion.
+    /// Whether it was delivered.
+    pub async fn deliver(&self, n: &Notification, notifier: &dyn Notifier) -> Result<bool, ApiError> {
+        let Some((body, sign)) = self.notification(n.vid).await? else {
+            self.apps
+                .notification_failed(n.id, now_secs(), "video or app gone", true)
+                .await?;
+            return Ok(false);
+        };
+        let outcome = notifier
+            .notify(&n.url, &body, &sign, self.cfg.notify_timeout)
+            .await;
+        // After the attempt, which may have taken the whole timeout.
+        let now = now_secs();
+        match outcome {
+            Ok(()) => {
+                self.apps.notification_delivered(n.id).await?;
+                Ok(true)
+            }
+            Err(reason) => {
+                let delay = (self.cfg.notify_base_delay_secs << n.attempts.min(30))
+                    .min(self.cfg.notify_max_delay_secs);
+                let give_up = now + delay > n.created_at + self.cfg.notify_for_secs;
+                if give_up {
+                    tracing::error!(vid = n.vid, %reason, "notification abandoned after retrying for the configured time");
+                } else {
+                    tracing::warn!(vid = n.vid, attempt = n.attempts + 1, %reason, "notification failed; will retry");
+                }
                 self.apps
-                    .notification_failed(n.id, now, "video or app gone", true)
+                    .notification_failed(n.id, now + delay, &reason, give_up)
                     .await?;
-                continue;
-            };
-            match notifier
-                .notify(&n.url, &body, &sign, self.cfg.notify_timeout)
-                .await
-            {
-                Ok(()) => {
-                    self.apps.notification_delivered(n.id).await?;
-                    delivered += 1;
-                }
-                Err(reason) => {
-                    let delay = (self.cfg.notify_base_delay_secs << n.attempts.min(30))
-                        .min(self.cfg.notify_max_delay_secs);
-                    let give_up = now + delay > n.created_at + self.cfg.notify_for_secs;
-                    if give_up {
-                        tracing::error!(vid = n.vid, %reason, "notification abandoned after retrying for the configured time");
-                    } else {
-                        tracing::warn!(vid = n.vid, attempt = n.attempts + 1, %reason, "notification failed; will retry");
-                    }
-                    self.apps
-                        .notification_failed(n.id, now + delay, &reason, give_up)
-                        .await?;
-                }
+                Ok(false)
             }
         }
-        Ok(delivered)
     }
+}
+
+/// Seconds since the epoch.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `.mp4` of `a.MP4`: the original extension, lower-cased, if it is a plain one.

@@ -402,17 +402,45 @@ async fn collect_forever(node: Arc<Node>, every_secs: u64) {
     }
 }
 
-/// Turns logged completions into videos and delivers due notifications.
+/// Notifications being sent at once by one node.
+const DELIVERIES: usize = 16;
+
+/// Turns logged completions into videos and sends due notifications, each
+/// on its own task (at most [`DELIVERIES`] at once). They used to go one
+/// after another in the worker's loop: an app whose endpoint hung held
+/// every other app's notifications, and the completions, for its timeout
+/// each (found in review).
 async fn app_worker(apps: Arc<AppService>, notifier: Arc<crate::callback::HttpCallbacks>, every_ms: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(every_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sending = Arc::new(tokio::sync::Semaphore::new(DELIVERIES));
     loop {
         tick.tick().await;
         if let Err(e) = apps.process_completions(unix_now()).await {
             tracing::error!(error = %crate::render::chain(&e), "processing completions failed");
         }
-        if let Err(e) = apps.deliver_due(notifier.as_ref(), unix_now()).await {
-            tracing::error!(error = %crate::render::chain(&e), "delivering notifications failed");
+        let free = sending.available_permits();
+        if free == 0 {
+            continue;
+        }
+        let due = match apps.claim_due(unix_now(), free).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %crate::render::chain(&e), "claiming notifications failed");
+                continue;
+            }
+        };
+        for n in due {
+            let Ok(permit) = sending.clone().try_acquire_owned() else {
+                break; // not reached: as many claimed as permits were free
+            };
+            let (apps, notifier) = (apps.clone(), notifier.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = apps.deliver(&n, notifier.as_ref()).await {
+                    tracing::error!(vid = n.vid, error = %crate::render::chain(&e), "delivering a notification failed");
+                }
+            });
         }
     }
 }

@@ -270,6 +270,52 @@ async fn bad_checksum_stale_time_replayed_nonce_and_bad_params() {
     n.stop().await;
 }
 
+/// An app whose endpoint takes requests and never answers does not hold
+/// back another app's notification: each is sent on its own. They used to
+/// go one after another, and the second waited out the first's 10 s
+/// timeout (found in review).
+#[tokio::test]
+async fn a_hanging_receiver_does_not_hold_back_another() {
+    let n = start_with(fast).await;
+    let app = new_app(&n).await;
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}/notify", hanging.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = hanging.accept().await {
+            held.push(conn);
+        }
+    });
+    init_and_upload(
+        &n,
+        &app,
+        json!({"originFileName": "a.mp4", "uploadCallbackUrl": hanging_url}),
+        &data(1000, 5),
+    )
+    .await;
+    // The first notification is out, and hanging.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (url, rx) = receiver(false).await;
+    init_and_upload(
+        &n,
+        &app,
+        json!({"originFileName": "b.mp4", "uploadCallbackUrl": url}),
+        &data(1000, 6),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    wait_for("the second app's notification", async || {
+        rx.got.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "held back {:?} behind a hanging endpoint",
+        started.elapsed()
+    );
+    n.stop().await;
+}
+
 #[tokio::test]
 async fn a_receiver_down_at_first_gets_the_notification_later() {
     let n = start_with(fast).await;
