@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -458,12 +458,22 @@ fn cors_layer(origins: &[String]) -> Result<CorsLayer, StartError> {
     Ok(CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST, Method::HEAD, Method::OPTIONS])
+        // `range` and the download headers: a web player reads an object
+        // in ranges from another origin (found in review: it could not).
         .allow_headers([
             HeaderName::from_static("x-nos-token"),
             HeaderName::from_static("content-md5"),
             HeaderName::from_static("content-type"),
+            header::RANGE,
         ])
-        .expose_headers([HeaderName::from_static("x-request-id")])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            header::ETAG,
+            header::CONTENT_RANGE,
+            header::CONTENT_LENGTH,
+            header::ACCEPT_RANGES,
+            header::LAST_MODIFIED,
+        ])
         .max_age(Duration::from_secs(86400)))
 }
 

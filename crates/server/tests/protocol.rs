@@ -477,6 +477,21 @@ async fn lbs_stat_health_and_cors() {
     for h in ["x-nos-token", "content-md5", "content-type"] {
         assert!(allowed.contains(h), "{allowed}");
     }
+    // A web player reading an object in ranges from another origin.
+    let pre = n
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{}/doc/a", n.base))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "x-nos-token, range")
+        .send()
+        .await
+        .unwrap();
+    let allowed = pre.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("range"), "{allowed}");
     let r = n
         .http
         .get(format!("{}/lbs?version=1.0&bucketname=doc", n.base))
@@ -485,6 +500,13 @@ async fn lbs_stat_health_and_cors() {
         .await
         .unwrap();
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for h in ["etag", "content-range", "x-request-id"] {
+        assert!(exposed.contains(h), "{exposed}");
+    }
     let r = n
         .http
         .get(format!("{}/nothing/here/at/all", n.base))
