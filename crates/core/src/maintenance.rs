@@ -147,8 +147,7 @@ impl Node {
                 Ok(1)
             }
             Some(s) if s.completed_at.is_some() => {
-                let current = self.state.get_object(&s.bucket, &s.object).await?;
-                if current.is_some_and(|r| r.blob == s.ctx) {
+                if self.names_its_blob(&s).await? {
                     tracing::info!(blob = id.as_str(), "finishing an interrupted publication");
                     self.blobs.publish(id, s.offset).await?;
                 } else {
@@ -359,6 +358,13 @@ impl Node {
         Ok(true)
     }
 
+    /// Whether the object record of completed session `s` still names its
+    /// blob (a later upload of the same name may have replaced it).
+    async fn names_its_blob(&self, s: &Session) -> Result<bool, CoreError> {
+        let current = self.state.get_object(&s.bucket, &s.object).await?;
+        Ok(current.is_some_and(|r| r.blob == s.ctx))
+    }
+
     /// Whether a completed session may be forgotten: its object is
     /// published first if its record still names it. A publication cut
     /// short (a 500 from the store, or a chunked request dropped after its
@@ -367,12 +373,11 @@ impl Node {
     /// the next start takes the staged bytes for an orphan and deletes the
     /// object's bytes (found in review). `false`: publishing failed, the
     /// session is kept for the next pass.
-    async fn published_before_forgetting(&self, s: &upline_state::Session) -> Result<bool, CoreError> {
+    async fn published_before_forgetting(&self, s: &Session) -> Result<bool, CoreError> {
         let Ok(id) = blob_id(&s.ctx) else {
             return Ok(true);
         };
-        let current = self.state.get_object(&s.bucket, &s.object).await?;
-        if current.is_none_or(|r| r.blob != s.ctx) {
+        if !self.names_its_blob(s).await? {
             return Ok(true);
         }
         match self.blobs.publish(&id, s.offset).await {

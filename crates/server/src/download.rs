@@ -112,8 +112,8 @@ pub async fn handle(
     // (a read does): HEAD answered 200 for an object GET answered 410
     // (found in review).
     let reads_nothing = head || size == 0 || matches!(span, Span::Unsatisfiable);
-    if reads_nothing && matches!(app.node.is_quarantined(&record).await, Ok(true)) {
-        return render::core_error(rid, &CoreError::Quarantined(QUARANTINED.into()));
+    if reads_nothing && let Some(e) = quarantined(app, &record).await {
+        return render::core_error(rid, &e);
     }
     let (status, start, len) = match span {
         Span::Whole => (StatusCode::OK, 0, size),
@@ -171,12 +171,17 @@ pub async fn handle(
 
 /// A read of an object's bytes failed: quarantined bytes say so (410),
 /// anything else is the error it was.
-const QUARANTINED: &str = "its stored bytes were found damaged";
-
 async fn unavailable(app: &AppState, record: &upline_core::ObjectRecord, e: CoreError) -> CoreError {
+    quarantined(app, record).await.unwrap_or(e)
+}
+
+/// The 410 of an object whose bytes are in quarantine, if they are.
+async fn quarantined(app: &AppState, record: &upline_core::ObjectRecord) -> Option<CoreError> {
     match app.node.is_quarantined(record).await {
-        Ok(true) => CoreError::Quarantined(QUARANTINED.into()),
-        _ => e,
+        Ok(true) => Some(CoreError::Quarantined(
+            "its stored bytes were found damaged".into(),
+        )),
+        _ => None,
     }
 }
 
